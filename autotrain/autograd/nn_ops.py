@@ -1,0 +1,183 @@
+"""Fused kernels: conv2d, max_pool2d and batch_norm.
+
+Each is fused for speed, not for math: written from primitives they would allocate a
+graph node per kernel tap and copy activations many times. They loop over kernel taps only,
+never over pixels or the batch, and hand the heavy work to one BLAS matmul.
+
+Layout: the API is NCHW, as in PyTorch, but the kernels work on NHWC ("channels last")
+memory. Outputs are NCHW-shaped *views* of NHWC arrays, so ``x.transpose(0, 2, 3, 1)`` at the
+next layer is free, and (N*H*W, C) matrices are plain reshapes. Element-wise ops in between
+preserve the layout (NumPy keeps the memory order of its inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .function import Function
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    """An NCHW array as NHWC: a free view when the memory is channels-last."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    """An NHWC array as an NCHW-shaped view (torch's channels_last)."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _pad_nhwc(x: np.ndarray, ph: int, pw: int, value=0) -> np.ndarray:
+    if not (ph or pw):
+        return x
+    n, h, w, c = x.shape
+    out = np.full((n, h + 2 * ph, w + 2 * pw, c), value, dtype=x.dtype)
+    out[:, ph:ph + h, pw:pw + w, :] = x
+    return out
+
+
+def _tap(x: np.ndarray, i: int, j: int, oh: int, ow: int, sh: int, sw: int) -> np.ndarray:
+    """The (N, OH, OW, C) slice of padded NHWC ``x`` that kernel tap (i, j) reads (dilation folded into i, j)."""
+    return x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+
+
+class Conv2d(Function):
+    """2-D cross-correlation (groups=1) as im2col + one matmul; col2im by kernel taps."""
+
+    @staticmethod
+    def forward(ctx, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(wd, kw, sw, pw, dw)
+        xp = _pad_nhwc(_nhwc(x), ph, pw)
+        if kh == kw == 1:
+            cols = xp[:, ::sh, ::sw, :][:, :oh, :ow, :].reshape(n * oh * ow, c)
+        else:
+            s = xp.strides
+            windows = as_strided(xp, (n, oh, ow, kh, kw, c),
+                                 (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
+            cols = windows.reshape(n * oh * ow, kh * kw * c)  # the one im2col copy
+        wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
+        out = cols @ wmat
+        if bias:
+            out += bias[0]
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(cols if need_w else None, wmat if need_x else None)
+        ctx.geom = (x.shape, w.shape, (oh, ow), stride, padding, dilation)
+        return _nchw(out.reshape(n, oh, ow, o))
+
+    @staticmethod
+    def backward(ctx, g):
+        cols, wmat = ctx.saved
+        (n, c, h, wd), (o, _, kh, kw), (oh, ow), (sh, sw), (ph, pw), (dh, dw) = ctx.geom
+        go = _nhwc(g).reshape(n * oh * ow, o)
+        gx = gw = None
+        if ctx.needs_input_grad[1]:
+            gw = (cols.T @ go).reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+        gb = (go.sum(axis=0),) if len(ctx.needs_input_grad) == 3 else ()
+        if ctx.needs_input_grad[0]:
+            dcols = (go @ wmat.T).reshape(n, oh, ow, kh, kw, c)
+            if kh == kw == 1 and sh == sw == 1 and not (ph or pw):
+                gx = _nchw(dcols.reshape(n, oh, ow, c))
+            else:
+                dxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=g.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        _tap(dxp, i * dh, j * dw, oh, ow, sh, sw)[...] += dcols[:, :, :, i, j, :]
+                gx = _nchw(dxp[:, ph:ph + h, pw:pw + wd, :])
+        return (gx, gw) + gb
+
+
+class MaxPool2d(Function):
+    """Max over each window, tracking which tap won (first wins on ties, as in torch)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size=(2, 2), stride=(2, 2), padding=(0, 0)):
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+        oh, ow = _out_size(h, kh, sh, ph, 1), _out_size(w, kw, sw, pw, 1)
+        xp = _pad_nhwc(_nhwc(x), ph, pw, value=-np.inf)
+        out = _tap(xp, 0, 0, oh, ow, sh, sw).copy()
+        argtap = np.zeros(out.shape, dtype=np.uint8)
+        for t in range(1, kh * kw):
+            v = _tap(xp, t // kw, t % kw, oh, ow, sh, sw)
+            better = v > out
+            argtap[better] = t
+            np.maximum(out, v, out=out)
+        ctx.save_for_backward(argtap)
+        ctx.geom = (x.shape, (kh, kw), (sh, sw), (ph, pw), (oh, ow))
+        return _nchw(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        (argtap,) = ctx.saved
+        (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = ctx.geom
+        gh = _nhwc(g)
+        dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g.dtype)
+        for t in range(kh * kw):
+            _tap(dxp, t // kw, t % kw, oh, ow, sh, sw)[...] += np.where(argtap == t, gh, 0)
+        return (_nchw(dxp[:, ph:ph + h, pw:pw + w, :]),)
+
+
+class BatchNorm(Function):
+    """Batch normalisation over (N, H, W) per channel, with an affine transform.
+
+    Training: normalise with the batch mean and *biased* variance; update the running
+    estimates in place with the *unbiased* variance: r = (1 - momentum) * r + momentum * stat
+    (PyTorch's convention). Evaluation: normalise with the running estimates.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean=None, running_var=None,
+                training=True, momentum=0.1, eps=1e-5):
+        shape4 = x.ndim == 4
+        c = x.shape[1]
+        x2 = _nhwc(x).reshape(-1, c) if shape4 else x
+        if training:
+            mean = x2.mean(axis=0)
+            xc = x2 - mean
+            var = np.mean(xc * xc, axis=0)
+            invstd = 1.0 / np.sqrt(var + eps)
+            if running_mean is not None:
+                m = x2.shape[0]
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean
+                running_var *= 1 - momentum
+                running_var += momentum * var * (m / max(m - 1, 1))
+            xhat = xc
+            xhat *= invstd
+        else:
+            invstd = 1.0 / np.sqrt(running_var + eps)
+            xhat = (x2 - running_mean) * invstd
+        out = xhat * weight + bias
+        ctx.training = training
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.layout = (x.shape, shape4)
+        if not shape4:
+            return out
+        n, _, h, w = x.shape
+        return _nchw(out.reshape(n, h, w, c))
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, invstd, weight = ctx.saved
+        shape, shape4 = ctx.layout
+        c = shape[1]
+        g2 = _nhwc(g).reshape(-1, c) if shape4 else g
+        gb = g2.sum(axis=0)
+        gw = np.einsum("mc,mc->c", g2, xhat)
+        if ctx.training:
+            m = g2.shape[0]
+            gx = (weight * invstd) * (g2 - gb / m - xhat * (gw / m))
+        else:
+            gx = g2 * (weight * invstd)
+        if shape4:
+            n, _, h, w = shape
+            gx = _nchw(gx.reshape(n, h, w, c))
+        return gx, gw, gb

@@ -1,0 +1,5 @@
+"""Optimizers and learning-rate schedules."""
+
+from .sgd import SGD
+
+__all__ = ["SGD"]
