@@ -5,7 +5,7 @@ graph node per kernel tap and copy activations many times. They loop over kernel
 never over pixels or the batch, and hand the heavy work to one BLAS matmul.
 
 Layout: the API is NCHW, as in PyTorch, but the kernels work on NHWC ("channels last")
-memory. Outputs are NCHW-shaped *views* of NHWC arrays, so ``x.transpose(0, 2, 3, 1)`` at the
+memory, and nn.Conv2d stores its weight as (O, KH, KW, C) memory viewed as (O, C, KH, KW). Outputs are NCHW-shaped *views* of NHWC arrays, so ``x.transpose(0, 2, 3, 1)`` at the
 next layer is free, and (N*H*W, C) matrices are plain reshapes. Element-wise ops in between
 preserve the layout (NumPy keeps the memory order of its inputs).
 """
@@ -63,8 +63,9 @@ class Conv2d(Function):
             windows = as_strided(xp, (n, oh, ow, kh, kw, c),
                                  (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
             cols = windows.reshape(n * oh * ow, kh * kw * c)  # the one im2col copy
-        wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
-        out = cols @ wmat
+        # (O, KH*KW*C): a free view when the weight is stored channels-last (nn.Conv2d does).
+        wmat = w.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
+        out = cols @ wmat.T
         if bias:
             out += bias[0]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -79,10 +80,12 @@ class Conv2d(Function):
         go = _nhwc(g).reshape(n * oh * ow, o)
         gx = gw = None
         if ctx.needs_input_grad[1]:
-            gw = (cols.T @ go).reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+            # (O, KH, KW, C) memory viewed as (O, C, KH, KW): the channels-last layout of the
+            # weight itself, so the optimizer's element-wise update runs in memory order.
+            gw = (go.T @ cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         gb = (go.sum(axis=0),) if len(ctx.needs_input_grad) == 3 else ()
         if ctx.needs_input_grad[0]:
-            dcols = (go @ wmat.T).reshape(n, oh, ow, kh, kw, c)
+            dcols = (go @ wmat).reshape(n, oh, ow, kh, kw, c)
             if kh == kw == 1 and sh == sw == 1 and not (ph or pw):
                 gx = _nchw(dcols.reshape(n, oh, ow, c))
             else:

@@ -120,8 +120,9 @@ class Relu(Function):
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved
-        # The gradient at exactly 0 is 0, as in torch.
-        return (np.where(out > 0, g, 0).astype(g.dtype, copy=False),)
+        # The gradient at exactly 0 is 0, as in torch. A ufunc (not np.where) keeps the
+        # channels-last memory order of its inputs, so the next kernel needs no copy.
+        return (np.multiply(g, out > 0, dtype=g.dtype),)
 
 
 class MatMul(Function):

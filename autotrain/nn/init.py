@@ -1,4 +1,7 @@
-"""Parameter initialisers with torch.nn.init's formulas, drawing from autotrain's generator."""
+"""Parameter initialisers with torch.nn.init's formulas, drawing from autotrain's generator.
+
+They write into the tensor's existing array, so a channels-last weight stays channels-last.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +23,12 @@ def kaiming_normal_(t: Tensor, mode: str = "fan_in", nonlinearity: str = "relu")
     fan_in, fan_out = _fans(t)
     gain = math.sqrt(2.0) if nonlinearity == "relu" else 1.0
     std = gain / math.sqrt(fan_in if mode == "fan_in" else fan_out)
-    t.data = (generator().standard_normal(t.shape) * std).astype(t.dtype)
+    t.data[...] = generator().standard_normal(t.shape) * std
     return t
 
 
 def uniform_(t: Tensor, a: float, b: float) -> Tensor:
-    t.data = generator().uniform(a, b, t.shape).astype(t.dtype)
+    t.data[...] = generator().uniform(a, b, t.shape)
     return t
 
 
@@ -40,5 +43,5 @@ def default_init_(weight: Tensor, bias: Tensor | None) -> None:
 
 
 def constant_(t: Tensor, value: float) -> Tensor:
-    t.data = np.full(t.shape, value, dtype=t.dtype)
+    t.data[...] = value
     return t

@@ -38,7 +38,9 @@ class Conv2d(Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = (kh, kw), F._pair(stride)
         self.padding, self.dilation = F._pair(padding), F._pair(dilation)
-        self.weight = Parameter(np.empty((out_channels, in_channels, kh, kw), dtype=dtype))
+        # Stored channels-last, (O, KH, KW, C) memory seen as (O, C, KH, KW): the layout the
+        # conv kernel multiplies with, so neither forward nor backward copies the weight.
+        self.weight = Parameter(np.empty((out_channels, kh, kw, in_channels), dtype=dtype).transpose(0, 3, 1, 2))
         if bias:
             self.bias = Parameter(np.empty(out_channels, dtype=dtype))
         else:

@@ -164,7 +164,8 @@ class Module:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: " + " | ".join(problems))
         for k, t in own.items():
             if k in state:
-                t.data = np.array(state[k], dtype=t.dtype, copy=True)
+                # Written into the existing array: dtype, memory layout and identity are kept.
+                t.data[...] = state[k]
         return missing, unexpected
 
     # --- modes and casts ------------------------------------------------------------------------
