@@ -89,7 +89,7 @@ class BatchNorm2d(Module):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
-        self.num_batches_tracked.data = self.num_batches_tracked.data + 1
+        self.num_batches_tracked.data += 1  # in place: stays a 0-d int64 array
         momentum = self.momentum
         if momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked.data)

@@ -1,0 +1,197 @@
+"""The cases behind ``autotrain gradcheck``: every primitive and fused kernel, then a tiny ResNet-18.
+
+Each case builds float64 inputs (seeded), a function of them, and hands both to
+``check_gradients``. Inputs of relu, max_pool and log are drawn away from their kinks and
+domain edges so that central differences are meaningful.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import nn
+from .autograd.gradcheck import check_gradients
+from .autograd.tensor import Tensor
+from .models import resnet18
+
+F = nn.functional
+
+
+@dataclass
+class CaseResult:
+    """One row of the gradcheck report."""
+
+    name: str
+    shapes: str
+    elements: int
+    max_abs_err: float
+    max_rel_err: float
+    passed: bool
+    worst: str
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable  # (rng) -> (fn, inputs, names, restore or None)
+    max_elements: int | None = None
+
+
+def _t(rng, *shape, low=-1.0, high=1.0) -> Tensor:
+    return Tensor(rng.uniform(low, high, shape), requires_grad=True)
+
+
+def _away_from_zero(rng, *shape) -> Tensor:
+    """Uniform magnitudes in [0.1, 1] with random signs: no element near relu's kink."""
+    mag = rng.uniform(0.1, 1.0, shape)
+    return Tensor(mag * rng.choice([-1.0, 1.0], shape), requires_grad=True)
+
+
+def _distinct(rng, *shape) -> Tensor:
+    """A permutation of well-separated values: every pooling window has a unique maximum."""
+    n = int(np.prod(shape))
+    return Tensor((rng.permutation(n) * 0.01 - n * 0.005).reshape(shape), requires_grad=True)
+
+
+def _simple(fn, shapes, make=_t):
+    def build(rng):
+        xs = [make(rng, *s) for s in shapes]
+        return fn, xs, [f"x{i}" for i in range(len(xs))], None
+    return build
+
+
+def _case_binary(name, op, sa, sb, positive_b=False):
+    def build(rng):
+        a = _t(rng, *sa)
+        b = _t(rng, *sb, low=0.5, high=1.5) if positive_b else _t(rng, *sb)
+        return op, [a, b], ["a", "b"], None
+    return Case(name, build)
+
+
+def _conv_case(name, x_shape, w_shape, bias, stride, padding, dilation):
+    def build(rng):
+        x, w = _t(rng, *x_shape), _t(rng, *w_shape)
+        inputs, names = [x, w], ["input", "weight"]
+        if bias:
+            inputs.append(_t(rng, w_shape[0]))
+            names.append("bias")
+        fn = lambda x, w, *b: F.conv2d(x, w, b[0] if b else None, stride, padding, dilation)  # noqa: E731
+        return fn, inputs, names, None
+    return Case(name, build)
+
+
+def _batch_norm_case(name, training):
+    def build(rng):
+        x, w, b = _t(rng, 4, 3, 3, 3), _t(rng, 3, low=0.5, high=1.5), _t(rng, 3)
+        rm, rv = Tensor(rng.uniform(-0.2, 0.2, 3)), Tensor(rng.uniform(0.5, 1.5, 3))
+        snapshot = (rm.data.copy(), rv.data.copy())
+
+        def restore():
+            # Training mode updates the running statistics on every forward pass of the
+            # numerical differences; put them back so the module ends as it started.
+            rm.data[...], rv.data[...] = snapshot
+
+        fn = lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=training)  # noqa: E731
+        return fn, [x, w, b], ["input", "weight", "bias"], restore
+    return Case(name, build)
+
+
+def _resnet_case():
+    def build(rng):
+        model = resnet18(num_classes=3, in_channels=1, width=4, stem="small").double()
+        # Seeded parameters (not the global generator), with non-trivial BN scales and shifts.
+        for p in model.parameters():
+            p.data[...] = rng.uniform(-0.5, 0.5, p.shape) if p.ndim > 1 else rng.uniform(0.5, 1.5, p.shape)
+        x = Tensor(rng.uniform(-1, 1, (2, 1, 8, 8)), requires_grad=True)
+        y = np.array([0, 2])
+        buffers = [(b, b.data.copy()) for b in model.buffers()]
+
+        def restore():
+            for b, saved in buffers:
+                b.data[...] = saved
+
+        named = list(model.named_parameters())
+        fn = lambda x, *ps: F.cross_entropy(model(x), y)  # noqa: E731
+        return fn, [x] + [p for _, p in named], ["input"] + [n for n, _ in named], restore
+    return Case("resnet18_tiny", build, max_elements=20)
+
+
+def all_cases() -> list[Case]:
+    """Every case, in the order the report shows them."""
+    unary = lambda name, f, shape, make=_t: Case(name, _simple(f, [shape], make))  # noqa: E731
+    return [
+        _case_binary("add", lambda a, b: a + b, (3, 4), (3, 4)),
+        _case_binary("add_broadcast", lambda a, b: a + b, (3, 4), (4,)),
+        _case_binary("add_0d", lambda a, b: a + b, (), (2, 3)),
+        _case_binary("sub", lambda a, b: a - b, (2, 1, 4), (3, 1)),
+        _case_binary("mul_broadcast", lambda a, b: a * b, (2, 1, 4), (3, 1)),
+        _case_binary("div", lambda a, b: a / b, (3, 4), (4,), positive_b=True),
+        unary("pow", lambda a: a ** 3, (3, 4)),
+        unary("pow_fractional", lambda a: a ** 1.5, (3, 4), lambda r, *s: Tensor(r.uniform(0.5, 2, s), requires_grad=True)),
+        unary("neg", lambda a: -a, (3, 4)),
+        unary("exp", lambda a: a.exp(), (3, 4)),
+        unary("log", lambda a: a.log(), (3, 4), lambda r, *s: Tensor(r.uniform(0.5, 2, s), requires_grad=True)),
+        _case_binary("matmul", lambda a, b: a @ b, (3, 4), (4, 5)),
+        _case_binary("matmul_batched", lambda a, b: a @ b, (2, 3, 4), (4, 5)),
+        _case_binary("matmul_vector", lambda a, b: a @ b, (4,), (4, 5)),
+        unary("sum", lambda a: a.sum(), (3, 4)),
+        unary("sum_axis", lambda a: a.sum(axis=1, keepdims=True), (3, 4, 2)),
+        unary("mean_axis", lambda a: a.mean(axis=(0, 2)), (3, 4, 2)),
+        unary("reshape", lambda a: a.reshape(6, 2) * Tensor(np.arange(12.0).reshape(6, 2)), (3, 4)),
+        unary("transpose", lambda a: a.transpose(0, 2) * Tensor(np.arange(24.0).reshape(4, 3, 2)), (2, 3, 4)),
+        unary("getitem", lambda a: a[1:, ::2] * 2 + a[np.array([0, 0, 2])].sum(), (3, 4)),
+        unary("relu", F.relu, (4, 5), _away_from_zero),
+        _conv_case("conv2d", (2, 3, 5, 5), (4, 3, 3, 3), False, 1, 1, 1),
+        _conv_case("conv2d_stride2", (2, 3, 6, 6), (4, 3, 3, 3), True, 2, 0, 1),
+        _conv_case("conv2d_pad2_dilation2", (1, 2, 6, 6), (3, 2, 3, 3), True, 1, 2, 2),
+        _conv_case("conv2d_1x1_stride2", (2, 3, 6, 6), (4, 3, 1, 1), False, 2, 0, 1),
+        _conv_case("conv2d_7x7_stride2", (1, 2, 9, 9), (3, 2, 7, 7), False, 2, 3, 1),
+        unary("max_pool2d", lambda a: F.max_pool2d(a, 2, 2), (2, 3, 4, 4), _distinct),
+        unary("max_pool2d_k3s2p1", lambda a: F.max_pool2d(a, 3, 2, 1), (2, 2, 7, 7), _distinct),
+        unary("adaptive_avg_pool2d", lambda a: F.adaptive_avg_pool2d(a, 1), (2, 3, 4, 4)),
+        unary("adaptive_avg_pool2d_2x2", lambda a: F.adaptive_avg_pool2d(a, 2), (2, 3, 4, 4)),
+        _batch_norm_case("batch_norm_train", True),
+        _batch_norm_case("batch_norm_eval", False),
+        Case("linear", _simple(lambda x, w, b: F.linear(x, w, b), [(5, 4), (3, 4), (3,)])),
+        unary("log_softmax", lambda a: F.log_softmax(a, dim=1), (3, 5)),
+        unary("cross_entropy", lambda a: F.cross_entropy(a, np.array([0, 4, 2])), (3, 5)),
+        Case("mse_loss", _simple(lambda a, b: F.mse_loss(a, b), [(3, 4), (3, 4)])),
+        _resnet_case(),
+    ]
+
+
+def select_cases(patterns: list[str] | None) -> list[Case]:
+    """Cases whose name matches any pattern (exact name, prefix or glob); all when none given."""
+    cases = all_cases()
+    if not patterns:
+        return cases
+    chosen = [c for c in cases if any(c.name == p or c.name.startswith(p) or fnmatch.fnmatch(c.name, p) for p in patterns)]
+    if not chosen:
+        raise KeyError(", ".join(patterns))
+    return chosen
+
+
+def run_case(case: Case, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3, seed: int = 0) -> CaseResult:
+    rng = np.random.default_rng(seed)
+    fn, inputs, names, restore = case.build(rng)
+    start = time.perf_counter()
+    try:
+        report = check_gradients(fn, inputs, eps=eps, atol=atol, rtol=rtol,
+                                 max_elements=case.max_elements, seed=seed, names=names)
+    finally:
+        if restore is not None:
+            restore()
+    shapes = ", ".join(f"{n}{tuple(t.shape)}" for n, t in zip(names, inputs))
+    if len(shapes) > 60:
+        shapes = f"{len(inputs)} tensors"
+    return CaseResult(case.name, shapes, report.elements, report.max_abs_err, report.max_rel_err,
+                      report.passed, report.worst, time.perf_counter() - start)
