@@ -41,7 +41,7 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
     """
     if isinstance(data, Tensor):
         data = data.data
-    if isinstance(data, np.ndarray):
+    if isinstance(data, (np.ndarray, np.generic)):
         arr = np.array(data, dtype=dtype, copy=True)
     else:
         arr = np.array(data, dtype=dtype)
