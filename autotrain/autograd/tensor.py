@@ -163,8 +163,10 @@ class Tensor:
         return ops.Cast.apply(self, dtype=np.dtype(dtype))
 
     def __repr__(self) -> str:
+        # torch pads True to the width of False only when a False is present.
+        width = 5 if self.dtype == np.bool_ and not self.data.all() else 4
         body = np.array2string(self.data, separator=", ", prefix="tensor(",
-                               formatter={"bool": str})
+                               formatter={"bool": lambda v: str(v).rjust(width)})
         extras = []
         if self.dtype not in _DEFAULT_DTYPES:
             extras.append(f"dtype={self.dtype}")
