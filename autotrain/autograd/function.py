@@ -43,6 +43,11 @@ class _GradMode(contextlib.ContextDecorator):
 
     mode = True
 
+    def __new__(cls, func=None):
+        # ``@no_grad`` without parentheses, as torch allows: decorate ``func`` directly.
+        self = super().__new__(cls)
+        return self if func is None else self(func)
+
     def __enter__(self):
         self.prev = is_grad_enabled()
         set_grad_enabled(self.mode)
