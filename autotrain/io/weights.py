@@ -1,0 +1,188 @@
+"""Load, save and convert pretrained weights; compare them with a model's shapes.
+
+:func:`load_weights` recognises the format by content, not by name: a zip holding
+``<folder>/data.pkl`` is a torch ``.pth``, a zip of ``.npy`` members is ``.npz``, a pickle
+starting with torch's legacy magic is a legacy ``.pth``, anything else is read as
+safetensors. Loaded float tensors must be finite. :func:`save_weights` picks the format
+from the extension (``.safetensors`` or ``.npz``) and writes atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from autotrain.errors import ConfigError, WeightsError
+from autotrain.io.checkpoint import atomic_write_bytes
+from autotrain.io.safetensors_io import read_safetensors_bytes, safetensors_bytes
+from autotrain.io.torch_pth import ZIP_MAGIC, check_zip_sizes, read_pth_legacy_bytes, read_pth_zip_bytes
+
+SAVE_FORMATS = (".safetensors", ".npz")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path}: is a directory, not a weights file") from None
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _zip_names(data: bytes, source: str) -> list[str]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except Exception as exc:  # BadZipFile, truncated central directory, ...
+        raise WeightsError(f"{source}: not a readable zip file: {type(exc).__name__}") from None
+    check_zip_sizes(infos, len(data), source)
+    return [info.filename for info in infos]
+
+
+def _read_npz(data: bytes, source: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            tensors = {name: np.array(npz[name]) for name in npz.files}
+    except Exception as exc:  # object arrays (pickle refused), bad .npy headers, CRC errors
+        message = " ".join(str(exc).split())
+        raise WeightsError(f"{source}: corrupt .npz: {type(exc).__name__}: {message}") from None
+    for name, array in tensors.items():
+        if array.dtype.kind not in "biuf":
+            raise WeightsError(f"{source}: tensor {name!r} has unsupported dtype {array.dtype}")
+    return tensors
+
+
+def _read_zip(data: bytes, source: str) -> dict[str, np.ndarray]:
+    names = _zip_names(data, source)
+    if any(name.endswith("/data.pkl") for name in names):
+        return read_pth_zip_bytes(data, source)
+    if names and all(name.endswith(".npy") for name in names):
+        return _read_npz(data, source)
+    raise WeightsError(f"{source}: zip archive is neither a torch .pth nor an .npz")
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    if len(data) < 9:
+        return False
+    (length,) = struct.unpack("<Q", data[:8])
+    return length < len(data) and data[8:9] == b"{"
+
+
+def _parse(data: bytes, source: str, suffix: str) -> dict[str, np.ndarray]:
+    if data.startswith(ZIP_MAGIC):
+        return _read_zip(data, source)
+    if _looks_like_safetensors(data) or suffix == ".safetensors":
+        return read_safetensors_bytes(data, source)[0]
+    if data[:1] == b"\x80":  # a pickle: only torch's legacy layout is accepted
+        return read_pth_legacy_bytes(data, source)
+    raise WeightsError(f"{source}: not a recognised weights file (safetensors, torch .pth, or .npz)")
+
+
+def check_finite(tensors: Mapping[str, np.ndarray], source: str) -> None:
+    """WeightsError naming the first float tensor that holds NaN or Inf."""
+    for name, array in tensors.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            what = "NaN" if np.isnan(array).any() else "Inf"
+            raise WeightsError(f"{source}: tensor {name!r} contains {what}")
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load a state dict from a safetensors, torch ``.pth`` (zip or legacy) or ``.npz`` file.
+
+    The format is sniffed from the content. Returns ``{name: array}`` with arrays that
+    own their memory. WeightsError (one line naming the file and tensor) if the file is
+    missing, unsafe, corrupt, or holds a non-finite float.
+    """
+    path = Path(path)
+    tensors = _parse(_read_bytes(path), str(path), path.suffix.lower())
+    check_finite(tensors, str(path))
+    return tensors
+
+
+def _npz_bytes(state_dict: Mapping[str, np.ndarray]) -> bytes:
+    for name, array in state_dict.items():
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+            raise TypeError(f"tensor {name!r} is not a numeric numpy array")
+    buffer = io.BytesIO()
+    np.savez(buffer, **dict(state_dict))
+    return buffer.getvalue()
+
+
+def save_weights(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+    """Write ``state_dict`` atomically as ``.safetensors`` or ``.npz`` (chosen by extension).
+
+    ConfigError for any other extension (a usage error, before anything is written);
+    OutputError if the write fails.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        data = safetensors_bytes(state_dict)
+    elif suffix == ".npz":
+        data = _npz_bytes(state_dict)
+    else:
+        raise ConfigError(f"{path}: unsupported weights format {suffix or '(no extension)'!r}; use one of {', '.join(SAVE_FORMATS)}")
+    atomic_write_bytes(path, data)
+
+
+def convert(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load ``in_path`` (any readable format) and save it to ``out_path``; returns the tensors."""
+    tensors = load_weights(in_path)
+    save_weights(tensors, out_path)
+    return tensors
+
+
+# --------------------------------------------------------------------------- load report
+
+
+@dataclass
+class LoadReport:
+    """How a loaded state dict fits a model.
+
+    ``loaded``: names present in both with equal shapes (model order); ``missing``: in the
+    model only; ``unexpected``: in the file only (file order); ``mismatched``:
+    ``(name, expected_shape, got_shape)`` for names in both with different shapes.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every model tensor was loaded and nothing in the file was left over."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        """One line: counts, then each mismatch with both shapes."""
+        text = (
+            f"loaded {len(self.loaded)}, missing {len(self.missing)}, "
+            f"unexpected {len(self.unexpected)}, shape mismatch {len(self.mismatched)}"
+        )
+        if self.mismatched:
+            text += ": " + "; ".join(f"{k} expected {tuple(e)} got {tuple(g)}" for k, e, g in self.mismatched)
+        return text
+
+
+def match_state_dict(model_shapes: Mapping[str, tuple[int, ...]], loaded: Mapping[str, np.ndarray]) -> LoadReport:
+    """Compare a model's ``{name: shape}`` with loaded tensors by name and shape."""
+    report = LoadReport()
+    for name, shape in model_shapes.items():
+        if name not in loaded:
+            report.missing.append(name)
+        elif tuple(loaded[name].shape) != tuple(shape):
+            report.mismatched.append((name, tuple(shape), tuple(loaded[name].shape)))
+        else:
+            report.loaded.append(name)
+    report.unexpected = [name for name in loaded if name not in model_shapes]
+    return report
