@@ -8,7 +8,6 @@ validation pixel leaks into the normalisation).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +98,11 @@ def _check_arguments(source: str, path: str | os.PathLike[str] | None, image_siz
         raise ConfigError(problems)
 
 
+def _shown(names: list[str], limit: int = 10) -> str:
+    """A short, one-line rendering of class names for messages."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def resolve_classes(classes: Sequence[int | str] | None, names: list[str],
                     where: object) -> list[int]:
     """Map a class selection to indices into ``names``, in the order given.
@@ -124,8 +128,8 @@ def resolve_classes(classes: Sequence[int | str] | None, names: list[str],
         elif isinstance(item, int) and 0 <= item < len(names):
             index = item
         else:
-            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise dataset_error(where, f"class {item!r} is not in the dataset (classes: {shown})")
+            raise dataset_error(where, f"class {item!r} is not in the dataset "
+                                f"(classes: {_shown(names, 20)})")
         if index in chosen:
             raise ConfigError(f"classes lists class {names[index]!r} twice")
         chosen.append(index)
@@ -133,12 +137,13 @@ def resolve_classes(classes: Sequence[int | str] | None, names: list[str],
 
 
 def _check_class_count(selected: list[int], names: list[str], classes: object,
-                       num_classes: int, where: object) -> None:
+                       num_classes: int, where: object, noun: str = "classes") -> None:
     """The model's num_classes must equal the number of classes the data will have."""
     if len(selected) == num_classes:
         return
     if classes is None:
-        raise dataset_error(where, f"dataset has {len(names)} classes but num_classes is {num_classes}")
+        raise dataset_error(where, f"found {len(names)} {noun} ({_shown(names)}) "
+                            f"but num_classes is {num_classes}")
     raise dataset_error(where, f"classes selects {len(selected)} classes but num_classes is {num_classes}")
 
 
@@ -160,7 +165,8 @@ def _label_names(labels: Sequence[np.ndarray], wheres: Sequence[object],
         if given is not None and high >= len(given):
             raise dataset_error(where, f"label {high} has no entry in class_names ({len(given)} names)")
         if given is None and not selecting and high >= num_classes:
-            raise dataset_error(where, f"label {high} is outside [0, {num_classes}) (num_classes is {num_classes})")
+            raise dataset_error(where, f"label {high} is outside [0, {num_classes}) "
+                                f"(num_classes is {num_classes})")
         highest = max(highest, high)
     if given is not None:
         return given
@@ -235,10 +241,7 @@ def _from_imagefolder(root: Path, image_size: int, in_channels: int, num_classes
                       classes: Sequence[int | str] | None) -> _Pooled:
     names = list_classes(root)
     selected = resolve_classes(classes, names, root)
-    if classes is None and len(names) != num_classes:
-        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-        raise dataset_error(root, f"found {len(names)} class folders ({shown}) but num_classes is {num_classes}")
-    _check_class_count(selected, names, classes, num_classes, root)
+    _check_class_count(selected, names, classes, num_classes, root, noun="class folders")
     chosen = [names[i] for i in selected]
     decoded = decode_folder(root, chosen, image_size, in_channels)
     info = {"skipped_files": decoded.skipped, "num_skipped": len(decoded.skipped),
