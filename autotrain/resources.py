@@ -1,0 +1,24 @@
+"""Files that ship with autotrain (configs/ and weights/), found from any working folder.
+
+In a source checkout they are the top-level ``configs/`` and ``weights/``; in an installed
+wheel they are package data under ``autotrain/_configs`` and ``autotrain/_weights``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+_PACKAGED = {"configs": "_configs", "weights": "_weights"}
+
+
+def shipped_file(relative: str | Path) -> Path | None:
+    """The shipped file ``configs/<name>`` or ``weights/<name>``, or None when there is none."""
+    parts = Path(relative).parts
+    if len(parts) < 2 or parts[0] not in _PACKAGED:
+        return None
+    packaged = resources.files("autotrain").joinpath(_PACKAGED[parts[0]], *parts[1:])
+    if packaged.is_file():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parents[1].joinpath(*parts)
+    return checkout if checkout.is_file() else None

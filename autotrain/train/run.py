@@ -1,0 +1,386 @@
+"""A training run: output folder, data, model, resume, the epoch loop, metrics and checkpoints.
+
+Order matters for "nothing lost": the config, the output folder (checked, not created), the
+data and the weights are all validated before anything is written; then each checkpoint is
+written atomically (see io.checkpoint) and old ones are rotated only after the new one is
+in place. A run is fully described by the checkpoint's position (epoch, batch) and arrays:
+the data order and augmentation of an epoch depend on (seed, epoch) only, and the learning
+rate on the global step only, so a resumed run repeats an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..config import Config, config_from_dict, config_to_dict, config_to_yaml, diff_configs
+from ..data import AugmentSpec, BatchLoader, DatasetSplits, load_dataset
+from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
+from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files,
+                             epoch_checkpoint_name, find_latest_valid_checkpoint, load_checkpoint,
+                             rotate_checkpoints, save_checkpoint)
+from ..optim import SGD, scheduled_lr
+from .loop import EpochSums, Reporter, evaluate, train_step
+from .setup import ModelSetup, build_model, set_train_mode, unfreeze_all
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
+RUN_FILES = ("config.yaml", "metrics.csv", LAST_NAME, BEST_NAME)
+EVAL_BATCH = 256
+
+
+class Interrupted(AutotrainError):
+    """SIGINT/SIGTERM stopped the run after a clean checkpoint; exit 128 + signal number."""
+
+    def __init__(self, signum: int, checkpoint: str | None):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted by signal {signum}; checkpoint {checkpoint}")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # "finished" or "already finished"
+    history: list[dict] = field(default_factory=list)
+    best_val_acc: float | None = None
+    last_checkpoint: Path | None = None
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def _has_run(out: Path) -> bool:
+    if not out.is_dir():
+        return False
+    return any((out / n).exists() for n in RUN_FILES) or any(out.glob("epoch-*.safetensors"))
+
+
+def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse an unusable output folder before anything is trained or written (exit 2)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output.dir: {out} exists and is not a folder")
+    if out.is_dir() and _has_run(out) and not resume and not overwrite:
+        raise ConfigError(f"output.dir: {out} already holds a run; pass --resume auto to continue it "
+                          "or --overwrite to start over")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output.dir: {out} is not writable ({probe} does not accept new files)")
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: remove the previous run's files (only those autotrain writes)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob("epoch-*.safetensors"):
+        p.unlink()
+    clean_stale_temp_files(out)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_data(cfg: Config) -> DatasetSplits:
+    d = cfg.data
+    return load_dataset(d.source, d.path, d.image_size, cfg.model.in_channels, cfg.model.num_classes,
+                        d.val_fraction, list(d.classes) if d.classes is not None else None, cfg.seed)
+
+
+def make_loaders(cfg: Config, data: DatasetSplits) -> tuple[BatchLoader, BatchLoader | None]:
+    aug = AugmentSpec(crop_padding=cfg.data.augment.crop_padding, hflip=cfg.data.augment.hflip)
+    train = BatchLoader(data.train_x, data.train_y, cfg.train.batch_size, data.mean, data.std,
+                        shuffle=True, seed=cfg.seed, augment=aug)
+    val = None
+    if len(data.val_y):
+        val = BatchLoader(data.val_x, data.val_y, EVAL_BATCH, data.mean, data.std, shuffle=False)
+    return train, val
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _optimizer_tensors(opt: SGD, names: list[str]) -> dict[str, np.ndarray]:
+    """Momentum buffers under ``momentum_buffer.<parameter name>``."""
+    out = {}
+    for i, s in opt.state_dict()["state"].items():
+        for k, v in s.items():
+            out[f"{k}.{names[i]}"] = v
+    return out
+
+
+def _load_optimizer(opt: SGD, tensors: dict[str, np.ndarray], names: list[str], groups: list[dict]) -> None:
+    state = {}
+    for i, n in enumerate(names):
+        buf = tensors.get(f"momentum_buffer.{n}")
+        if buf is not None:
+            state[i] = {"momentum_buffer": buf}
+    unknown = set(tensors) - {f"momentum_buffer.{n}" for n in names}
+    if unknown:
+        raise WeightsError(f"optimizer state names parameters the model does not train: {sorted(unknown)[:5]}")
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _optimizer_groups_meta(opt: SGD) -> list[dict]:
+    return [{k: v for k, v in g.items()} for g in opt.state_dict()["param_groups"]]
+
+
+def _metrics_csv(history: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    return buf.getvalue().encode()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Trainer:
+    """One run of a config; ``run()`` trains from scratch or from a checkpoint to the end."""
+
+    def __init__(self, cfg: Config, *, resume: str | None = None, overwrite: bool = False,
+                 reporter: Reporter | None = None, should_stop: Callable[[], int | None] = lambda: None,
+                 config_dir: Path | None = None):
+        self.cfg = cfg
+        self.resume = resume
+        self.overwrite = overwrite
+        self.reporter = reporter or Reporter()
+        self.should_stop = should_stop
+        self.config_dir = config_dir
+        self.out = Path(cfg.output.dir)
+
+    # -- set-up, all before the first write ---------------------------------------------------
+    def _resume_checkpoint(self):
+        if not self.resume:
+            return None
+        if self.resume == "auto":
+            path = find_latest_valid_checkpoint(self.out)
+            if path is None:
+                self.reporter.on_message(f"no valid checkpoint in {self.out}: starting fresh")
+                return None
+        else:
+            path = Path(self.resume)
+        ckpt = load_checkpoint(path)
+        try:
+            saved = config_from_dict(ckpt.metadata["config"])
+        except (KeyError, ConfigError) as err:
+            raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
+        differ = diff_configs(saved, self.cfg)
+        if differ:
+            raise ConfigError(f"--resume {path}: the checkpoint's config differs in " + ", ".join(differ)
+                              + "; start a new run (another output.dir) instead")
+        return path, ckpt
+
+    def _build(self, resumed):
+        cfg = self.cfg
+        data = load_data(cfg)
+        setup = build_model(cfg, self.config_dir)
+        train_loader, val_loader = make_loaders(cfg, data)
+        self.setup, self.data = setup, data
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.position = {"epoch": 0, "batch": 0, "step": 0}
+        self.sums = EpochSums()
+        self.history: list[dict] = []
+        self.best: float | None = None
+        unfrozen = False
+        if resumed is not None:
+            path, ckpt = resumed
+            meta = ckpt.metadata
+            if meta.get("unfrozen"):
+                unfreeze_all(setup)
+                unfrozen = True
+            try:
+                setup.model.load_state_dict(ckpt.model_state, strict=True)
+            except RuntimeError as err:
+                raise WeightsError(f"{path}: {err}") from None
+            self.position = {k: int(meta["position"][k]) for k in ("epoch", "batch", "step")}
+            self.sums = EpochSums(**meta.get("epoch_sums", {}))
+            self.history = list(meta.get("history", []))
+            self.best = meta.get("best_val_acc")
+        self.unfrozen = unfrozen
+        self.optimizer = self._make_optimizer()
+        if resumed is not None:
+            _load_optimizer(self.optimizer, resumed[1].optimizer_state, self._trainable_names(),
+                            resumed[1].metadata["optimizer_groups"])
+
+    def _trainable_names(self) -> list[str]:
+        return [n for g in self.optimizer.param_groups for n in g["names"]]
+
+    def _make_optimizer(self) -> SGD:
+        o, ft = self.cfg.optimizer, self.cfg.finetune
+        mult = ft.backbone_lr_mult if self.unfrozen else None
+        groups = self.setup.parameter_groups(o.lr, mult)
+        return SGD(groups, lr=o.lr, momentum=o.momentum, dampening=o.dampening,
+                   weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _metadata(self, finished: bool) -> dict:
+        return {
+            "config": config_to_dict(self.cfg),
+            "version": __version__,
+            "position": self.position,
+            "epoch": self.position["epoch"],
+            "step": self.position["step"],
+            "epoch_sums": self.sums.as_dict(),
+            "history": self.history,
+            "best_val_acc": self.best,
+            "finished": finished,
+            "unfrozen": self.unfrozen,
+            "optimizer_groups": _optimizer_groups_meta(self.optimizer),
+            "schedule": {"name": self.cfg.schedule.name, "steps_per_epoch": len(self.train_loader),
+                         "lr": self._lr(self.position["step"])},
+            "normalisation": {"mean": self.data.mean, "std": self.data.std},
+            "class_names": self.data.class_names,
+            "image_size": self.cfg.data.image_size,
+            "in_channels": self.cfg.model.in_channels,
+            "data_info": self.data.info,
+        }
+
+    def _save(self, name: str, finished: bool = False) -> Path:
+        for n, p in self.setup.model.named_parameters():
+            if not np.all(np.isfinite(p.data)):
+                raise NumericalError(f"parameter {n} holds NaN/Inf; no checkpoint written")
+        path = self.out / name
+        save_checkpoint(path, self.setup.model.state_dict(),
+                        _optimizer_tensors(self.optimizer, self._trainable_names()), self._metadata(finished))
+        self.reporter.on_checkpoint(str(path))
+        return path
+
+    def _interrupt(self, signum: int) -> None:
+        path = self._save(LAST_NAME)
+        raise Interrupted(signum, str(path))
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _lr(self, step: int) -> float:
+        s, o = self.cfg.schedule, self.cfg.optimizer
+        return scheduled_lr(o.lr, s.name, step, len(self.train_loader), self.cfg.train.epochs,
+                            s.warmup_epochs, s.step_size, s.gamma)
+
+    def _maybe_unfreeze(self, epoch: int) -> None:
+        at = self.cfg.finetune.unfreeze_at_epoch
+        if at is None or self.unfrozen or epoch + 1 < at:
+            return
+        names = unfreeze_all(self.setup)
+        self.unfrozen = True
+        # What trained so far keeps its momentum (matched by name, since the groups are
+        # re-ordered); the backbone joins as a new group at a lower lr.
+        old = dict(zip(self._trainable_names(), self.optimizer.state))
+        self.optimizer = self._make_optimizer()
+        self.optimizer.state = [old.get(n, {}) for n in self._trainable_names()]
+        self.reporter.on_message(f"epoch {epoch + 1}: unfroze {len(names)} parameter tensors "
+                                 f"(lr x {self.cfg.finetune.backbone_lr_mult})")
+
+    def _run_epoch(self, epoch: int) -> dict:
+        loader, pos = self.train_loader, self.position
+        start_batch = pos["batch"] if pos["epoch"] == epoch else 0
+        if start_batch == 0:
+            self.sums = EpochSums()
+        set_train_mode(self.setup)
+        self.reporter.on_epoch_start(epoch, self.cfg.train.epochs, len(loader), start_batch)
+        t0 = time.perf_counter()
+        for b, (x, y) in enumerate(loader.epoch(epoch, start_batch), start=start_batch):
+            lr = self._lr(pos["step"])
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_mult", 1.0)
+            loss, correct = train_step(self.setup.model, self.optimizer, x, y,
+                                       f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})")
+            self.sums.add(loss, correct, len(y))
+            pos.update(epoch=epoch, batch=b + 1, step=pos["step"] + 1)
+            self.reporter.on_batch_end(epoch, b, loss, correct / len(y), lr)
+            signum = self.should_stop()
+            if signum:
+                self.sums.seconds += time.perf_counter() - t0
+                self._interrupt(signum)
+        self.sums.seconds += time.perf_counter() - t0
+        self.reporter.on_eval_start(epoch)
+        last = epoch + 1 == self.cfg.train.epochs
+        val = None
+        if self.val_loader is not None and ((epoch + 1) % self.cfg.train.eval_every == 0 or last):
+            val = evaluate(self.setup.model, self.val_loader)
+        seconds = self.sums.seconds
+        return {
+            "epoch": epoch + 1,
+            "train_loss": self.sums.mean_loss,
+            "train_acc": self.sums.accuracy,
+            "val_loss": None if val is None else val.loss,
+            "val_acc": None if val is None else val.accuracy,
+            "lr": self._lr(max(pos["step"] - 1, 0)),
+            "images_per_s": round(self.sums.seen / seconds, 1) if seconds > 0 else None,
+            "seconds": round(seconds, 3),
+        }
+
+    def _end_epoch(self, row: dict) -> None:
+        cfg, pos = self.cfg, self.position
+        self.history.append(row)
+        pos.update(epoch=row["epoch"], batch=0)
+        self.sums = EpochSums()
+        finished = row["epoch"] == cfg.train.epochs
+        improved = row["val_acc"] is not None and (self.best is None or row["val_acc"] > self.best)
+        if improved:
+            self.best = row["val_acc"]
+        atomic_write_bytes(self.out / "metrics.csv", _metrics_csv(self.history))
+        if cfg.output.keep_last > 0:
+            self._save(epoch_checkpoint_name(row["epoch"]), finished)
+        last = self._save(LAST_NAME, finished)
+        if improved or (self.val_loader is None and finished):
+            self._save(BEST_NAME, finished)
+        rotate_checkpoints(self.out, cfg.output.keep_last)
+        self.last_path = last
+        self.reporter.on_epoch_end(row)
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        check_output_dir(self.out, self.resume, self.overwrite)
+        resumed = self._resume_checkpoint()
+        if resumed is not None and resumed[1].metadata.get("finished"):
+            self.reporter.on_message(f"{resumed[0]}: the run already finished ({cfg.train.epochs} epochs); nothing to do")
+            meta = resumed[1].metadata
+            return RunResult(self.out, "already finished", meta.get("history", []), meta.get("best_val_acc"), resumed[0])
+        self._build(resumed)
+        # Everything is validated: now the folder may be created and written.
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.overwrite and resumed is None:
+            _clear_run(self.out)
+        clean_stale_temp_files(self.out)
+        atomic_write_bytes(self.out / "config.yaml", config_to_yaml(cfg).encode())
+        self.reporter.on_start(self._start_info(resumed))
+        self.last_path = None
+        for epoch in range(self.position["epoch"], cfg.train.epochs):
+            self._maybe_unfreeze(epoch)
+            row = self._run_epoch(epoch)
+            self._end_epoch(row)
+            signum = self.should_stop()
+            if signum:
+                raise Interrupted(signum, str(self.last_path))
+        return RunResult(self.out, "finished", self.history, self.best, self.last_path)
+
+    def _start_info(self, resumed) -> dict:
+        s = self.setup
+        return {
+            "run_dir": str(self.out),
+            "resumed_from": None if resumed is None else str(resumed[0]),
+            "position": dict(self.position),
+            "train_samples": int(len(self.data.train_y)),
+            "val_samples": int(len(self.data.val_y)),
+            "classes": self.data.class_names,
+            "parameters": sum(int(np.prod(p.shape)) for p in s.model.parameters()),
+            "trainable": sum(int(np.prod(p.shape)) for p in s.model.parameters() if p.requires_grad),
+            "data_info": self.data.info,
+            "setup": s,
+        }
+
+
+def train(cfg: Config, **kwargs) -> RunResult:
+    """Train ``cfg`` to the end (see Trainer for the keyword arguments)."""
+    return Trainer(cfg, **kwargs).run()
