@@ -51,8 +51,8 @@ def only_problem(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str
 
 
 def test_all_expected_configs_are_shipped():
-    expected = {"digits.yaml", "tiny.yaml", "mnist_idx.yaml", "imagefolder.yaml", "npz.yaml",
-                "pretrain_digits04.yaml", "finetune.yaml"}
+    expected = {"digits.yaml", "tiny.yaml", "mnist_idx.yaml", "imagefolder.yaml",
+                "npz.yaml", "pretrain_digits04.yaml", "finetune.yaml"}
     assert expected <= set(SHIPPED)
 
 
@@ -71,8 +71,9 @@ def test_default_config_path_unknown_name_lists_shipped():
 
 def test_digits_config_values():
     c = load_config(CONFIGS / "digits.yaml")
-    assert (c.model.arch, c.model.stem, c.model.width, c.model.in_channels) == ("resnet18", "small", 16, 1)
-    assert (c.model.num_classes, c.data.source, c.data.image_size, c.data.val_fraction) == (10, "digits", 16, 0.2)
+    model, data = c.model, c.data
+    assert (model.arch, model.stem, model.width, model.in_channels) == ("resnet18", "small", 16, 1)
+    assert (model.num_classes, data.source, data.image_size, data.val_fraction) == (10, "digits", 16, 0.2)
     assert (c.optimizer.lr, c.optimizer.momentum, c.optimizer.weight_decay) == (0.05, 0.9, 5e-4)
     assert (c.schedule.name, c.train.epochs, c.train.batch_size) == ("cosine", 10, 64)
     assert (c.output.dir, c.output.keep_last) == ("runs/digits", 2)
@@ -145,20 +146,23 @@ def test_int_is_accepted_for_a_float_field(tmp_path):
         ("data", "augment: {hflip: 1}", "data.augment.hflip", "1", "expected true or false"),
         ("output", "dir: 2024", "output.dir", "2024", "expected a string"),
         ("schedule", "name: cosin", "schedule.name", "'cosin'", "did you mean 'cosine'?"),
-        ("optimizer", "nesterov: on", None, None, None),  # valid: `on` is true
+        ("model", "arch: resnet50", "model.arch", "'resnet50'", "must be 'resnet18' (the only"),
     ],
 )
 def test_wrong_types_are_refused(tmp_path, section, text, field, shown, rule):
-    body = f"model:\n  num_classes: 10\n{section}:\n  {text}\n"
     if section == "model":
-        body = f"model:\n  {text}\n"
-    path = write(tmp_path, body)
-    if field is None:
-        load_config(path, ["optimizer.momentum=0.9"])
-        return
+        extra = "" if "num_classes" in text else "  num_classes: 10\n"
+        path, line_no = write(tmp_path, f"model:\n  {text}\n{extra}"), 2
+    else:
+        path, line_no = write(tmp_path, f"{MINIMAL}{section}:\n  {text}\n"), 4
     line = only_problem(path)
     assert line.startswith(f"{path}: {field}: {shown} — "), line
-    assert rule in line and line.endswith("(line 4)" if section != "model" else "(line 2)")
+    assert rule in line and line.endswith(f"(line {line_no})")
+
+
+def test_yaml11_on_off_are_booleans_where_booleans_are_expected(tmp_path):
+    c = load_config(write(tmp_path, f"{MINIMAL}optimizer:\n  nesterov: on\ndata:\n  augment: {{hflip: yes}}\n"))
+    assert c.optimizer.nesterov is True and c.data.augment.hflip is True
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,8 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     Raises ConfigError (one line per problem, each naming the file or override) when the
     file is missing, unreadable, not YAML, or not a valid config.
     """
+    if isinstance(overrides, str):
+        raise TypeError("overrides must be a list of 'dotted.key=value' strings, not one string")
     name = str(path)
     return _config_from_text(_read_text(Path(path), name), name, overrides)
 

@@ -145,6 +145,8 @@ def _rule(kind: str, loc: Loc, value: Any, ctx: dict[str, Any], msg: str) -> str
         return _EXPECTED[kind]
     if kind == "literal_error":
         choices = _literal_choices(loc)
+        if len(choices) == 1:
+            return f"must be {ctx['expected']} (the only choice)"
         close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"must be one of {ctx['expected']}{hint}"

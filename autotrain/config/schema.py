@@ -148,7 +148,7 @@ class OptimizerConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Learning-rate schedule, stepped once per epoch, after an optional linear warmup."""
+    """Learning-rate schedule after an optional linear warmup (autotrain.optim.lr_scheduler)."""
 
     name: Literal["constant", "step", "cosine"] = "cosine"
     warmup_epochs: int = Field(0, ge=0, description="must be < train.epochs")
