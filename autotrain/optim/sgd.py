@@ -28,7 +28,7 @@ class SGD:
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        if not lr > 0 or not np.isfinite(lr):
+        if lr < 0 or not np.isfinite(lr):  # lr=0 is valid, as in torch
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0:
             raise ValueError(f"Invalid momentum value: {momentum}")
