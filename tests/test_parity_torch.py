@@ -18,7 +18,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -359,11 +358,9 @@ def live_resnet18_errors(seed: int = 0) -> dict:
 
 
 def test_live_resnet18_width64_matches_torch():
-    t0 = time.perf_counter()
     r = live_resnet18_errors()
     _check(r["outputs"], NET_OUT_TOL["f32"], "live resnet18 logits/loss")
     _check(r["buffers"], NET_OUT_TOL["f32"], "live resnet18 BN running stats")
     _check(r["input_grad"], NET_GRAD_TOL["f32"], "live resnet18 input grad")
     _check(r["param_grads"], NET_GRAD_TOL["f32"], "live resnet18 parameter grads")
     assert len(r["param_grads"]) == 62  # torchvision resnet18: 62 parameter tensors
-    assert time.perf_counter() - t0 < 120
