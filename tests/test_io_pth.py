@@ -332,3 +332,20 @@ def test_stored_entry_with_lying_size_is_refused(tmp_path: Path) -> None:
         pos = data.find(b"PK\x01\x02", pos + 4)
     with pytest.raises(WeightsError, match="sizes disagree"):
         read_pth(write(tmp_path, bytes(data)))
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        # LONG_BINPUT 2**31: the C unpickler would allocate and zero a 16 GiB memo
+        (B.plain(1) + b"r" + (2**31).to_bytes(4, "little"), "memo index 2147483648"),
+        # BYTEARRAY8 claiming 2**60 bytes: allocated up front by the C unpickler
+        (b"\x96" + (2**60).to_bytes(8, "little") + b"xx", "corrupt data.pkl"),
+        (b"\xff", "corrupt data.pkl"),  # unknown opcode
+    ],
+)
+def test_pickles_are_checked_before_the_unpickler_trusts_their_sizes(tmp_path: Path, body: bytes, fragment: str) -> None:
+    with pytest.raises(WeightsError, match=fragment):
+        read_pth(write(tmp_path, B.build_pth_zip(b"\x80\x05" + body + b".", {})))
+    with pytest.raises(WeightsError, match="corrupt data.pkl"):
+        read_pth(write(tmp_path, B.build_pth_zip(b"\x80\x02" + B.plain(1), {})))  # no STOP

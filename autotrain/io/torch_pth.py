@@ -32,6 +32,8 @@ import io
 import math
 import os
 import pickle
+import pickletools
+import reprlib
 import struct
 import zipfile
 from pathlib import Path
@@ -70,8 +72,23 @@ _STORAGE_DTYPES: dict[str, str] = {
 }
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 120
+_REPR.maxlevel = 3
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """An exception text on one line, bounded: messages must stay one short line."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _show(value: object) -> str:
+    """A bounded repr for values read from an untrusted file (no deep recursion, no huge text)."""
+    try:
+        return _one_line(_REPR.repr(value))
+    except Exception:  # a hostile object whose repr fails
+        return f"<{type(value).__name__}>"
 
 
 class _Inert:
@@ -144,7 +161,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     With ``allow_globals=False`` no global at all resolves (the legacy preamble pickles).
     """
 
-    def __init__(self, file: io.BufferedIOBase, source: str, *, legacy: bool, allow_globals: bool = True) -> None:
+    def __init__(self, file: io.BytesIO, source: str, *, legacy: bool, allow_globals: bool = True) -> None:
         super().__init__(file)
         self.source = source
         self.legacy = legacy
@@ -166,19 +183,43 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise WeightsError(f"{self.source}: unexpected persistent id in the pickle (not a tensor storage)")
         stype, key, numel = pid[1], pid[2], pid[4]
         if not isinstance(stype, _StorageType) or not isinstance(key, str) or not key:
-            raise WeightsError(f"{self.source}: malformed storage record {_one_line(key)!r}")
+            raise WeightsError(f"{self.source}: malformed storage record {_show(key)}")
         if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
-            raise WeightsError(f"{self.source}: storage {key!r} has an invalid element count")
+            raise WeightsError(f"{self.source}: storage {_show(key)} has an invalid element count")
         if self.legacy and pid[5] is not None:
-            raise WeightsError(f"{self.source}: storage {key!r} is a pre-1.0 storage view (unsupported)")
+            raise WeightsError(f"{self.source}: storage {_show(key)} is a pre-1.0 storage view (unsupported)")
         known = self.storages.get(key)
         if known is not None and (known.stype is not stype or known.numel != numel):
-            raise WeightsError(f"{self.source}: storage {key!r} is declared twice with different types or sizes")
+            raise WeightsError(f"{self.source}: storage {_show(key)} is declared twice with different types or sizes")
         self.storages.setdefault(key, _StorageRef(key, stype, numel))
         return self.storages[key]
 
 
-def _unpickle(f: io.BufferedIOBase, source: str, what: str, **kwargs: Any) -> tuple[Any, _RestrictedUnpickler]:
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _prescan(f: io.BytesIO, source: str, what: str) -> None:
+    """Walk the pickle's opcodes up to STOP without executing anything, then rewind.
+
+    The C unpickler trusts declared sizes before reading: a BYTEARRAY8 length is
+    allocated up front, and a LONG_BINPUT of 2**31 makes it allocate and zero a memo of
+    16 GiB. pickletools checks every length against the bytes actually present, and a
+    memo index may not exceed the opcode count (a real pickler numbers them from 0).
+    """
+    start = f.tell()
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(f)):
+            if op.name in _MEMO_PUTS and arg > count:
+                raise WeightsError(f"{source}: corrupt {what}: memo index {arg} at opcode {count}")
+    except WeightsError:
+        raise
+    except Exception as exc:  # truncated data, unknown opcode, bad argument
+        raise WeightsError(f"{source}: corrupt {what}: {type(exc).__name__}: {_one_line(exc)}") from None
+    f.seek(start)
+
+
+def _unpickle(f: io.BytesIO, source: str, what: str, **kwargs: Any) -> tuple[Any, _RestrictedUnpickler]:
+    _prescan(f, source, what)
     unpickler = _RestrictedUnpickler(f, source, **kwargs)
     try:
         return unpickler.load(), unpickler
@@ -195,13 +236,13 @@ def _storage_array(raw: bytes | memoryview, ref: _StorageRef, source: str) -> np
     """Decode one storage's bytes (exactly numel elements) to a native 1-d array."""
     if len(raw) != ref.numel * ref.stype.dtype.itemsize:
         raise WeightsError(
-            f"{source}: storage {ref.key!r} holds {len(raw)} bytes, expected {ref.numel} x {ref.stype.dtype.itemsize}"
+            f"{source}: storage {_show(ref.key)} holds {len(raw)} bytes, expected {ref.numel} x {ref.stype.dtype.itemsize}"
         )
     array = np.frombuffer(raw, dtype=ref.stype.dtype)
     if ref.stype.name == "BFloat16Storage":
         return (array.astype(np.uint32) << 16).view(np.float32)
     if ref.stype.name == "BoolStorage" and array.size and array.view(np.uint8).max() > 1:
-        raise WeightsError(f"{source}: storage {ref.key!r}: bool byte other than 0 or 1")
+        raise WeightsError(f"{source}: storage {_show(ref.key)}: bool byte other than 0 or 1")
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
@@ -215,22 +256,22 @@ def _check_view(ref: _TensorRef, source: str, name: str) -> tuple[tuple[int, ...
     size, stride, offset = _as_int_tuple(ref.size), _as_int_tuple(ref.stride), ref.offset
     storage = ref.storage
     if not isinstance(storage, _StorageRef):
-        raise WeightsError(f"{source}: tensor {name!r} is not backed by a storage")
+        raise WeightsError(f"{source}: tensor {_show(name)} is not backed by a storage")
     if size is None or stride is None or len(size) != len(stride):
-        raise WeightsError(f"{source}: tensor {name!r} has a malformed size/stride {ref.size!r}/{ref.stride!r}")
+        raise WeightsError(f"{source}: tensor {_show(name)} has a malformed size/stride {_show(ref.size)}/{_show(ref.stride)}")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise WeightsError(f"{source}: tensor {name!r} has an invalid storage offset {offset!r}")
+        raise WeightsError(f"{source}: tensor {_show(name)} has an invalid storage offset {_show(offset)}")
     if any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise WeightsError(f"{source}: tensor {name!r} has a negative size or stride {size}/{stride}")
+        raise WeightsError(f"{source}: tensor {_show(name)} has a negative size or stride {_show(size)}/{_show(stride)}")
     numel = math.prod(size)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else offset - 1
     if last >= storage.numel:
         raise WeightsError(
-            f"{source}: tensor {name!r} of size {list(size)} (stride {list(stride)}, offset {offset})"
+            f"{source}: tensor {_show(name)} of size {_show(list(size))} (stride {_show(list(stride))}, offset {_show(offset)})"
             f" reads past its storage of {storage.numel} elements"
         )
     if numel > max(storage.numel, _MAX_EXPANDED_NUMEL):
-        raise WeightsError(f"{source}: tensor {name!r} expands {storage.numel} stored elements to {numel}")
+        raise WeightsError(f"{source}: tensor {_show(name)} expands {storage.numel} stored elements to {numel}")
     return size, stride, offset
 
 
@@ -256,9 +297,9 @@ def _select_state_dict(obj: Any, source: str) -> dict[str, _TensorRef]:
             break
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise WeightsError(f"{source}: state_dict key {_one_line(repr(key))[:80]} is not a string")
+            raise WeightsError(f"{source}: state_dict key of type {type(key).__name__} is not a string")
         if not isinstance(value, _TensorRef):
-            raise WeightsError(f"{source}: tensor {key!r} is a {type(value).__name__}, not a tensor")
+            raise WeightsError(f"{source}: tensor {_show(key)} is a {type(value).__name__}, not a tensor")
     if obj and all(key.startswith("module.") for key in obj):
         obj = {key[len("module.") :]: value for key, value in obj.items()}
     return dict(obj)
@@ -289,10 +330,10 @@ def check_zip_sizes(infos: list[zipfile.ZipInfo], archive_size: int, source: str
     total = 0
     for info in infos:
         if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
-            raise WeightsError(f"{source}: zip entry {info.filename!r} is stored but its sizes disagree")
+            raise WeightsError(f"{source}: zip entry {_show(info.filename)} is stored but its sizes disagree")
         if info.file_size > _SMALL_ENTRY and info.file_size > _MAX_RATIO * max(info.compress_size, 1):
             raise WeightsError(
-                f"{source}: zip entry {info.filename!r} claims {info.file_size} bytes from"
+                f"{source}: zip entry {_show(info.filename)} claims {info.file_size} bytes from"
                 f" {info.compress_size} compressed (zip bomb?)"
             )
         total += info.file_size
@@ -311,9 +352,9 @@ def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
     try:
         return zf.read(name)
     except KeyError:
-        raise WeightsError(f"{source}: zip entry {name!r} is missing") from None
+        raise WeightsError(f"{source}: zip entry {_show(name)} is missing") from None
     except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, NotImplementedError...
-        raise WeightsError(f"{source}: zip entry {name!r} is corrupt: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise WeightsError(f"{source}: zip entry {_show(name)} is corrupt: {type(exc).__name__}: {_one_line(exc)}") from None
 
 
 def _zip_byteorder(zf: zipfile.ZipFile, prefix: str, source: str) -> str:
@@ -321,7 +362,7 @@ def _zip_byteorder(zf: zipfile.ZipFile, prefix: str, source: str) -> str:
         return "little"  # files from before torch wrote it are little-endian
     order = _read_member(zf, prefix + "byteorder", source).decode("ascii", "replace").strip()
     if order not in ("little", "big"):
-        raise WeightsError(f"{source}: unknown byteorder {order!r}")
+        raise WeightsError(f"{source}: unknown byteorder {_show(order)}")
     return order
 
 
@@ -372,7 +413,7 @@ def _legacy_preamble(f: io.BytesIO, source: str) -> None:
         raise WeightsError(f"{source}: not a torch file (legacy magic number missing)")
     protocol, _ = _unpickle(f, source, "legacy protocol version", legacy=True, allow_globals=False)
     if protocol != LEGACY_PROTOCOL_VERSION:
-        raise WeightsError(f"{source}: unsupported legacy torch protocol version {protocol!r}")
+        raise WeightsError(f"{source}: unsupported legacy torch protocol version {_show(protocol)}")
     sys_info, _ = _unpickle(f, source, "legacy sys_info", legacy=True, allow_globals=False)
     if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
         raise WeightsError(f"{source}: legacy file is not from a little-endian machine (unsupported)")
@@ -386,17 +427,17 @@ def _legacy_storages(f: io.BytesIO, storages: dict[str, _StorageRef], source: st
     for key in keys:
         ref = storages.get(key)
         if ref is None or key in arrays:
-            raise WeightsError(f"{source}: legacy storage {key!r} is listed but not referenced, or listed twice")
+            raise WeightsError(f"{source}: legacy storage {_show(key)} is listed but not referenced, or listed twice")
         header = f.read(8)
         if len(header) != 8:
-            raise WeightsError(f"{source}: truncated: storage {key!r} is missing")
+            raise WeightsError(f"{source}: truncated: storage {_show(key)} is missing")
         (numel,) = struct.unpack("<q", header)
         if numel != ref.numel:
-            raise WeightsError(f"{source}: storage {key!r} holds {numel} elements, its record says {ref.numel}")
+            raise WeightsError(f"{source}: storage {_show(key)} holds {numel} elements, its record says {ref.numel}")
         nbytes = numel * ref.stype.dtype.itemsize
         raw = f.read(nbytes)
         if len(raw) != nbytes:
-            raise WeightsError(f"{source}: truncated: storage {key!r} has {len(raw)} of {nbytes} bytes")
+            raise WeightsError(f"{source}: truncated: storage {_show(key)} has {len(raw)} of {nbytes} bytes")
         arrays[key] = _storage_array(raw, ref, source)
     return arrays
 
@@ -411,7 +452,7 @@ def read_pth_legacy_bytes(data: bytes, source: str) -> dict[str, np.ndarray]:
 
     def load_storage(ref: _StorageRef) -> np.ndarray:
         if ref.key not in arrays:
-            raise WeightsError(f"{source}: storage {ref.key!r} is referenced but absent from the file")
+            raise WeightsError(f"{source}: storage {_show(ref.key)} is referenced but absent from the file")
         return arrays[ref.key]
 
     return _materialise(refs, load_storage, source)
