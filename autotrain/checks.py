@@ -190,8 +190,8 @@ def run_case(case: Case, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e
     finally:
         if restore is not None:
             restore()
-    shapes = ", ".join(f"{n}{tuple(t.shape)}" for n, t in zip(names, inputs))
-    if len(shapes) > 60:
+    shapes = ", ".join("x".join(map(str, t.shape)) or "scalar" for t in inputs)
+    if len(shapes) > 40:
         shapes = f"{len(inputs)} tensors"
     return CaseResult(case.name, shapes, report.elements, report.max_abs_err, report.max_rel_err,
                       report.passed, report.worst, time.perf_counter() - start)

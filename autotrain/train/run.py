@@ -269,7 +269,8 @@ class Trainer:
 
     def _maybe_unfreeze(self, epoch: int) -> None:
         at = self.cfg.finetune.unfreeze_at_epoch
-        if at is None or self.unfrozen or epoch + 1 < at:
+        # unfreeze_at_epoch is 0-based: the epoch at whose start frozen parameters thaw.
+        if at is None or self.unfrozen or epoch < at:
             return
         names = unfreeze_all(self.setup)
         self.unfrozen = True

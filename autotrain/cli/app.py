@@ -1,0 +1,288 @@
+"""The ``autotrain`` command: a thin typer shell over the library.
+
+Each command parses its options, calls the library, and renders the result; library errors
+carry their exit code (see README, "Exit codes") and are shown as one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import AutotrainError, ConfigError
+from . import render
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and finetune ResNet-18 classifiers with a NumPy autograd engine.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+app.add_typer(config_app, name="config")
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set optimizer.lr=0.1 (repeatable).")]
+ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="Continue from a checkpoint: a path, or 'auto' for the newest valid one in output.dir.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over in an output.dir that already holds a run.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; only the summary line.")]
+
+
+def _fail(err: AutotrainError) -> None:
+    for line in str(err).splitlines() or [type(err).__name__]:
+        render.err_console.print(f"[red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(err.exit_code)
+
+
+@contextmanager
+def _errors():
+    """Turn library errors into their documented exit codes."""
+    try:
+        yield
+    except AutotrainError as err:
+        _fail(err)
+
+
+@contextmanager
+def _stop_signals():
+    """SIGINT/SIGTERM only set a flag; the run checkpoints at the next step and exits 130/143.
+
+    typer would turn Ctrl-C into exit 1 and Python's default SIGTERM runs no cleanup, so the
+    handlers are explicit. A second signal changes nothing: the checkpoint write finishes.
+    """
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _config_path(config: Path) -> Path:
+    """The file as given; else a shipped config of that name (``configs/digits.yaml`` works
+    from any folder after install)."""
+    from ..resources import shipped_file
+
+    if Path(config).exists():
+        return Path(config)
+    shipped = shipped_file(config) or shipped_file(Path("configs") / Path(config).name)
+    return shipped or Path(config)
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from ..config import load_config
+
+    return load_config(_config_path(config), overrides or [])
+
+
+def _train(config_path: Path, overrides: list[str] | None, resume: str | None, overwrite: bool, quiet: bool) -> None:
+    from ..train.run import Trainer
+
+    with _errors():
+        cfg = _load(config_path, overrides)
+        reporter = render.RichReporter(quiet=quiet)
+        with _stop_signals() as should_stop:
+            trainer = Trainer(cfg, resume=resume, overwrite=overwrite, reporter=reporter,
+                              should_stop=should_stop, config_dir=_config_path(config_path).parent)
+            original_start = reporter.on_start
+
+            def on_start(info: dict) -> None:
+                original_start(info)
+                setup = info["setup"]
+                if not quiet and (setup.frozen or setup.load_report is not None):
+                    _show_setup(setup, cfg)
+
+            reporter.on_start = on_start
+            start = time.perf_counter()
+            try:
+                result = trainer.run()
+            finally:
+                reporter.close()
+        if result.history and not quiet:
+            render.console.print(render.history_table(result.history))
+        best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.4f}"
+        render.console.print(f"{result.status}: {result.run_dir} (best val_acc {best}, "
+                             f"{time.perf_counter() - start:.1f} s)")
+
+
+def _show_setup(setup, cfg) -> None:
+    from ..train.setup import parameter_table
+
+    render.console.print(render.parameter_table(parameter_table(setup)))
+    rep = setup.load_report
+    if rep is not None:
+        render.console.print(f"weights {setup.weights_path}: {rep.summary()}")
+        head = [k for k, *_ in rep.mismatched if k.startswith("fc.")]
+        if head and setup.head_replaced:
+            render.console.print(f"  expected: fc re-initialised for {cfg.model.num_classes} classes "
+                                 f"({', '.join(head)} differ in shape)")
+        elif setup.head_replaced:
+            render.console.print(f"  fc re-initialised from seed {cfg.seed} (finetune.replace_head)")
+
+
+@app.command()
+def train(config: Annotated[Path, typer.Argument(help="YAML config file.")],
+          set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False):
+    """Train from a config, writing checkpoints and metrics.csv to output.dir."""
+    _train(config, set_, resume, overwrite, quiet)
+
+
+@app.command()
+def finetune(config: Annotated[Optional[Path], typer.Argument(help="YAML config (default: the shipped configs/finetune.yaml).")] = None,
+             freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Freeze everything but the head (fc).")] = False,
+             weights: Annotated[Optional[str], typer.Option("--weights", help="Pretrained weights (.safetensors, .pth, .npz, checkpoint).")] = None,
+             num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the new head.")] = None,
+             set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False):
+    """Finetune pretrained weights: load, replace the head, freeze, train what is left."""
+    from ..config import default_config_path
+
+    with _errors():
+        path = config or default_config_path("finetune.yaml")
+    overrides = list(set_ or [])
+    if freeze_backbone:
+        overrides.append("finetune.freeze_backbone=true")
+    if weights is not None:
+        overrides.append(f"model.weights={json.dumps(weights)}")
+    if num_classes is not None:
+        overrides.append(f"model.num_classes={num_classes}")
+    _train(path, overrides, resume, overwrite, quiet)
+
+
+@app.command()
+def gradcheck(op: Annotated[Optional[list[str]], typer.Option("--op", help="Case name, prefix or glob (repeatable).")] = None,
+              json_path: Annotated[Optional[Path], typer.Option("--json", help="Write a report with one entry per case.")] = None,
+              eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3, seed: int = 0):
+    """Check every op's gradient in float64 against central differences; exit 1 on a mismatch."""
+    from ..checks import run_case, select_cases
+
+    try:
+        cases = select_cases(op)
+    except KeyError as err:
+        _fail(ConfigError(f"--op {err.args[0]}: no such case"))
+    start = time.perf_counter()
+    results = [run_case(c, eps=eps, atol=atol, rtol=rtol, seed=seed) for c in cases]
+    render.console.print(render.gradcheck_table(results))
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        render.err_console.print(f"[red]FAIL[/] {r.name}: {r.worst}", highlight=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps({"eps": eps, "atol": atol, "rtol": rtol, "seed": seed,
+                                         "cases": [r.as_dict() for r in results]}, indent=2))
+    render.console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed "
+                         f"in {time.perf_counter() - start:.1f} s")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def graph(output: Annotated[Path, typer.Option("--output", "-o", help=".dot, .svg or .png")] = Path("graph.dot"),
+          model: Annotated[bool, typer.Option("--model", help="Draw a tiny ResNet-18's loss instead of Q = 3a^3 - b^2.")] = False):
+    """Write the autograd DAG (the tutorial's section 1.5) as Graphviz DOT, or render it."""
+    import numpy as np
+
+    from .. import models, nn, tensor
+    from ..graph import render as render_graph
+    from ..graph import to_dot
+
+    if model:
+        net = models.resnet18(num_classes=3, in_channels=1, width=4, stem="small")
+        x = tensor(np.zeros((2, 1, 8, 8), np.float32))
+        out = nn.functional.cross_entropy(net(x), np.array([0, 1]))
+        dot = to_dot(out, {p: n for n, p in net.named_parameters()}, "loss")
+    else:
+        a = tensor([2.0, 3.0], requires_grad=True)
+        b = tensor([6.0, 4.0], requires_grad=True)
+        q = 3 * a ** 3 - b ** 2
+        dot = to_dot(q, {a: "a", b: "b"}, "Q")
+    try:
+        written = render_graph(dot, output)
+    except FileNotFoundError as err:
+        fallback = output.with_suffix(".dot")
+        render_graph(dot, fallback)
+        render.err_console.print(f"{err}; wrote DOT to {fallback} instead")
+        raise typer.Exit(0)
+    render.console.print(f"wrote {written}")
+
+
+@config_app.command("show")
+def config_show(config: Annotated[Path, typer.Argument(help="YAML config file.")], set_: SetOpt = None):
+    """Print the effective config: every default filled, overrides applied."""
+    from ..config import config_to_yaml
+
+    with _errors():
+        cfg = _load(config, set_)
+    sys.stdout.write(config_to_yaml(cfg))
+
+
+@app.command()
+def evaluate(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) written by train.")],
+             set_: SetOpt = None):
+    """Accuracy, per-class precision/recall and the confusion matrix on the validation split."""
+    from ..config import config_from_yaml_text, config_to_yaml
+    from ..train.inference import evaluate_checkpoint, load_trained
+
+    with _errors():
+        trained = load_trained(str(checkpoint))
+        cfg = config_from_yaml_text(config_to_yaml(trained.config), str(checkpoint), set_ or [])
+        report = evaluate_checkpoint(trained, cfg)
+    render.console.print(render.confusion_table(report.confusion, report.class_names, report.precision, report.recall))
+    render.console.print(f"accuracy {report.accuracy:.4f} loss {report.loss:.4f} on {report.count} images")
+
+
+@app.command()
+def predict(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+            images: Annotated[list[Path], typer.Argument(help="Image files.")],
+            top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 3):
+    """Top-k classes with probabilities for each image."""
+    from ..train.inference import load_trained
+    from ..train.inference import predict as run_predict
+
+    with _errors():
+        trained = load_trained(str(checkpoint))
+        results = run_predict(trained, [str(p) for p in images], top_k)
+    for path, preds in zip(images, results):
+        render.console.print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in preds), highlight=False)
+
+
+@app.command()
+def inspect(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")]):
+    """Config, position, metrics and parameter counts of a checkpoint."""
+    from ..config import config_to_yaml
+    from ..train.inference import load_trained
+
+    with _errors():
+        trained = load_trained(str(checkpoint))
+    meta = trained.checkpoint.metadata
+    render.console.print(f"[bold]{checkpoint}[/] autotrain {meta.get('version')} sha256 {trained.checkpoint.sha256[:16]}...")
+    render.console.print(f"epoch {meta['position']['epoch']} (batch {meta['position']['batch']}), step {meta['step']}, "
+                         f"finished {meta.get('finished')}, best val_acc {meta.get('best_val_acc')}")
+    n = sum(int(p.data.size) for p in trained.model.parameters())
+    render.console.print(f"{n:,} parameters; classes {meta['class_names']}")
+    if meta.get("history"):
+        render.console.print(render.history_table(meta["history"], "metrics"))
+    render.console.print(config_to_yaml(trained.config), highlight=False, markup=False)
+
+
+@app.command()
+def convert(src: Annotated[Path, typer.Argument(help="Weights in: .pth (zip or legacy), .safetensors, .npz, checkpoint.")],
+            dst: Annotated[Path, typer.Argument(help="Weights out: .safetensors or .npz (by extension).")]):
+    """Convert weights between formats, keeping bare state_dict names."""
+    from ..io.weights import convert as run_convert
+
+    with _errors():
+        tensors = run_convert(src, dst)
+    render.console.print(f"wrote {dst}: {len(tensors)} tensors")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from ..memory import tune_malloc
+
+    tune_malloc()
+    app()

@@ -1,0 +1,127 @@
+"""Everything the CLI shows: a rich Reporter for runs, and the tables of the other commands.
+
+The library reports through ``Reporter`` callbacks and returns data; only this module prints.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..train.loop import Reporter
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+class RichReporter(Reporter):
+    """Progress bar per epoch with the running loss and accuracy; a line per epoch."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+        self.running = (0.0, 0.0, 0)
+
+    def on_start(self, info: dict) -> None:
+        if self.quiet:
+            return
+        resumed = info["resumed_from"]
+        where = f"resumed from {resumed} at epoch {info['position']['epoch'] + 1}" if resumed else "new run"
+        console.print(f"[bold]{info['run_dir']}[/]: {where}; {info['train_samples']} train / "
+                      f"{info['val_samples']} val images, {len(info['classes'])} classes; "
+                      f"{info['parameters']:,} parameters ({info['trainable']:,} trainable)")
+        skipped = (info.get("data_info") or {}).get("skipped")
+        if skipped:
+            console.print(f"[yellow]skipped {len(skipped) if isinstance(skipped, list) else skipped} undecodable file(s)[/]")
+
+    def on_message(self, text: str) -> None:
+        console.print(text)
+
+    def on_epoch_start(self, epoch: int, epochs: int, batches: int, start_batch: int) -> None:
+        self.running = (0.0, 0.0, 0)
+        if self.quiet:
+            return
+        self.progress = Progress(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                 console=console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=batches, completed=start_batch, stats="")
+
+    def on_batch_end(self, epoch: int, batch: int, loss: float, acc: float, lr: float) -> None:
+        total_loss, total_acc, n = self.running
+        self.running = (total_loss + loss, total_acc + acc, n + 1)
+        if self.progress is not None:
+            n += 1
+            self.progress.update(self.task, advance=1,
+                                 stats=f"loss {self.running[0] / n:.4f} acc {self.running[1] / n:.3f} lr {lr:.2e}")
+
+    def on_eval_start(self, epoch: int) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_epoch_end(self, row: dict) -> None:
+        if self.quiet:
+            return
+        console.print(f"epoch {row['epoch']}: train loss {_fmt(row['train_loss'])} acc {_fmt(row['train_acc'])} | "
+                      f"val loss {_fmt(row['val_loss'])} acc {_fmt(row['val_acc'])} | lr {row['lr']:.3g} | "
+                      f"{_fmt(row['images_per_s'], 1)} img/s")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def history_table(history: list[dict], title: str = "summary") -> Table:
+    t = Table(title=title)
+    for col in ("epoch", "loss", "acc", "val loss", "val acc", "lr", "img/s", "s"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for row in history:
+        t.add_row(*(_fmt(row.get(c), 4 if c not in ("lr",) else 6) for c in
+                    ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")))
+    return t
+
+
+def parameter_table(rows: list[tuple[str, int, int, int]]) -> Table:
+    t = Table(title="parameters")
+    for col in ("block", "total", "trainable", "frozen"):
+        t.add_column(col, justify="right" if col != "block" else "left")
+    for name, total, trainable, frozen in rows:
+        t.add_row(name, f"{total:,}", f"{trainable:,}", f"{frozen:,}")
+    t.add_row("[bold]all[/]", *(f"{sum(r[i] for r in rows):,}" for i in (1, 2, 3)))
+    return t
+
+
+def gradcheck_table(results) -> Table:
+    t = Table(title="gradcheck (float64 central differences vs autograd)")
+    for col in ("case", "shapes", "elements", "max abs err", "max rel err", "result"):
+        t.add_column(col, justify="right" if col in ("elements", "max abs err", "max rel err") else "left")
+    for r in results:
+        t.add_row(r.name, r.shapes, str(r.elements), f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}",
+                  "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    return t
+
+
+def confusion_table(counts, class_names, precision, recall) -> Table:
+    t = Table(title="confusion matrix (rows: true, columns: predicted)")
+    t.add_column("true \\ pred")
+    for name in class_names:
+        t.add_column(name, justify="right")
+    t.add_column("precision", justify="right")
+    t.add_column("recall", justify="right")
+    for i, name in enumerate(class_names):
+        t.add_row(name, *(str(int(v)) for v in counts[i]), _fmt(float(precision[i]), 3), _fmt(float(recall[i]), 3))
+    return t
