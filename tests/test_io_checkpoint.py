@@ -71,7 +71,8 @@ def test_round_trip_with_metadata_and_hash(tmp_path: Path) -> None:
     for name, array in model_state().items():
         assert loaded.model_state[name].dtype == array.dtype and loaded.model_state[name].shape == array.shape
         np.testing.assert_array_equal(loaded.model_state[name], array)
-    np.testing.assert_array_equal(loaded.optimizer_state["momentum_buffer.conv1.weight"], optimizer_state()["momentum_buffer.conv1.weight"])
+    buffer = "momentum_buffer.conv1.weight"
+    np.testing.assert_array_equal(loaded.optimizer_state[buffer], optimizer_state()[buffer])
     meta = loaded.metadata
     assert meta["config"] == {"model": {"width": 8}, "optim": {"lr": 0.1}}
     assert meta["epoch"] == 1 and meta["step"] == 10 and meta["class_names"] == ["zero", "one"]

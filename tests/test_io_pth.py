@@ -263,13 +263,18 @@ def test_top_folder_name_varies(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got["fc.bias"], np.arange(4))
 
 
+def rebuild(storage: bytes) -> bytes:
+    """_rebuild_tensor_v2(storage, 0, (1,), (1,)) with an arbitrary storage argument."""
+    return B.call(B.glob("torch._utils", "_rebuild_tensor_v2"), storage, B.plain(0), B.plain((1,)), B.plain((1,)))
+
+
 @pytest.mark.parametrize(
     "body, fragment",
     [
         (B.plain([1, 2]), "holds a list, not a state_dict"),
         (B.ordered_dict([("epoch", B.plain(3))]), "tensor 'epoch' is a int, not a tensor"),
-        (B.call(B.glob("torch._utils", "_rebuild_tensor_v2"), B.plain(1), B.plain(0), B.plain((1,)), B.plain((1,))), "holds a _TensorRef"),
-        (B.ordered_dict([("t", B.call(B.glob("torch._utils", "_rebuild_tensor_v2"), B.plain([1]), B.plain(0), B.plain((1,)), B.plain((1,))))]), "not backed by a storage"),
+        (rebuild(B.plain(1)), "holds a _TensorRef"),
+        (B.ordered_dict([("t", rebuild(B.plain([1])))]), "not backed by a storage"),
         (B.plain(("storage", 1)) + b"Q", "unexpected persistent id"),
         (B.call(B.glob("torch", "FloatStorage")), "corrupt data.pkl: TypeError"),
     ],

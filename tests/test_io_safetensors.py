@@ -120,7 +120,8 @@ def test_bad_tensor_entries_name_the_tensor(tmp_path: Path, header, payload, ten
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
-    text = '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}'
+    first, second = (json.dumps(entry("F32", [1], b, b + 4)) for b in (0, 4))
+    text = f'{{"a": {first}, "a": {second}}}'
     assert "duplicate name 'a'" in error_for(tmp_path, raw_file(text, b"\0" * 8))
 
 

@@ -34,7 +34,8 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -238,7 +239,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{source}: not an autotrain checkpoint (no {FORMAT!r} format tag or sha256 in metadata)")
     digest = content_sha256(tensors, meta)
     if digest != meta["sha256"]:
-        raise WeightsError(f"{source}: checkpoint is corrupt: content sha256 {digest[:12]}... != recorded {meta['sha256'][:12]}...")
+        recorded = meta["sha256"][:12]
+        raise WeightsError(f"{source}: checkpoint is corrupt: content sha256 {digest[:12]}... != recorded {recorded}...")
     model = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optim = {k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return Checkpoint(model, optim, _decode_metadata(meta, source), digest)

@@ -37,7 +37,8 @@ import reprlib
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -264,7 +265,7 @@ def _check_view(ref: _TensorRef, source: str, name: str) -> tuple[tuple[int, ...
     if any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise WeightsError(f"{source}: tensor {_show(name)} has a negative size or stride {_show(size)}/{_show(stride)}")
     numel = math.prod(size)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else offset - 1
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if numel else offset - 1
     if last >= storage.numel:
         raise WeightsError(
             f"{source}: tensor {_show(name)} of size {_show(list(size))} (stride {_show(list(stride))}, offset {_show(offset)})"

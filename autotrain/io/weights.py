@@ -15,7 +15,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -130,7 +130,8 @@ def save_weights(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike[s
     elif suffix == ".npz":
         data = _npz_bytes(state_dict)
     else:
-        raise ConfigError(f"{path}: unsupported weights format {suffix or '(no extension)'!r}; use one of {', '.join(SAVE_FORMATS)}")
+        shown = suffix or "(no extension)"
+        raise ConfigError(f"{path}: unsupported weights format {shown!r}; use one of {', '.join(SAVE_FORMATS)}")
     atomic_write_bytes(path, data)
 
 
