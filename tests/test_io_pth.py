@@ -291,6 +291,16 @@ def test_build_on_a_stand_in_is_refused(tmp_path: Path) -> None:
         read_pth(write(tmp_path, B.build_pth_zip(B.program(body), {"0": b"\0" * 16})))
 
 
+@pytest.mark.parametrize("target", [("torch._utils", "_rebuild_tensor_v2"), ("torch", "FloatStorage")])
+def test_build_on_an_allowed_global_cannot_alter_it(tmp_path: Path, target) -> None:
+    # (None, {"__defaults__": (1, 2, 3)}) as BUILD state would rewrite a plain function's defaults
+    body = B.glob(*target) + b"N}" + B.plain("__defaults__") + B.plain((1, 2, 3)) + b"s\x86b"
+    with pytest.raises(WeightsError, match="corrupt data.pkl"):
+        read_pth(write(tmp_path, B.build_pth_zip(B.program(body), {})))
+    good = zip_with([("t", B.tensor("FloatStorage", "0", 2, 0, (2,), (1,)))], {"0": B.float_storage([1, 2])}, tmp_path)
+    np.testing.assert_array_equal(read_pth(good)["t"], [1, 2])
+
+
 def test_truncated_files(tmp_path: Path) -> None:
     for name in ["resnet18_w8.pth", "resnet18_w8_legacy.pth"]:
         data = (WEIGHTS / name).read_bytes()

@@ -93,12 +93,15 @@ def _show(value: object) -> str:
 
 
 class _Inert:
-    """Base of the stand-ins: no attribute can be set by a pickle's BUILD opcode."""
+    """Base of the stand-ins: immutable, so a pickle's BUILD opcode cannot alter one."""
 
     __slots__ = ()
 
     def __setstate__(self, state: Any) -> None:
         raise pickle.UnpicklingError(f"BUILD on {type(self).__name__} is not allowed")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
 
 
 class _StorageType(_Inert):
@@ -110,9 +113,6 @@ class _StorageType(_Inert):
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "dtype", np.dtype(_STORAGE_DTYPES[name]))
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError("storage types are immutable")
-
 
 class _StorageRef(_Inert):
     """A storage named by a persistent id: its key, element type and element count."""
@@ -120,7 +120,8 @@ class _StorageRef(_Inert):
     __slots__ = ("key", "stype", "numel")
 
     def __init__(self, key: str, stype: _StorageType, numel: int) -> None:
-        self.key, self.stype, self.numel = key, stype, numel
+        for slot, value in zip(self.__slots__, (key, stype, numel), strict=True):
+            object.__setattr__(self, slot, value)
 
 
 class _TensorRef(_Inert):
@@ -129,7 +130,21 @@ class _TensorRef(_Inert):
     __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage: Any, offset: Any, size: Any, stride: Any) -> None:
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+        for slot, value in zip(self.__slots__, (storage, offset, size, stride), strict=True):
+            object.__setattr__(self, slot, value)
+
+
+class _Function(_Inert):
+    """Stand-in for an allowed torch function: calls ours, and cannot be altered by a pickle
+    (a plain function would let BUILD rewrite its ``__defaults__`` for later loads)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -147,9 +162,9 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
 _STORAGE_TYPES = {name: _StorageType(name) for name in _STORAGE_DTYPES}
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter_with_state),
     **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
 }
 
