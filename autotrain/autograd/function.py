@@ -197,12 +197,14 @@ def run_backward(root: Function, grad: np.ndarray, retain_graph: bool = False) -
     deps = _topological_order(root)
     pending = {root: grad}
     ready = [root]
+    handed = [grad]  # arrays that already live elsewhere: the root gradient, leaves' .grad
     while ready:
         node = ready.pop()
         g = pending.pop(node)
         if node.freed:
             raise RuntimeError(_FREED_MESSAGE)
         in_grads = type(node).backward(node, g)
+        saved = [a for a in node.saved if isinstance(a, np.ndarray)]
         if not retain_graph:
             node.release()
         for parent, gi, shape in zip(node.parents, in_grads, node.input_shapes):
@@ -221,7 +223,18 @@ def run_backward(root: Function, grad: np.ndarray, retain_graph: bool = False) -
                     else:
                         _skip_subgraph(parent, deps, pending, ready, retain_graph)
             elif gi is not None:
-                parent._accumulate_grad(gi)
+                parent._accumulate_grad(gi, owned=_is_fresh(gi, [g, parent.data] + saved + handed))
+                handed.append(gi)
+
+
+def _is_fresh(gi: np.ndarray, others: list) -> bool:
+    """Whether a leaf may keep ``gi`` as its ``.grad`` without a copy: it must be writeable and
+    share memory with nothing else alive (the node's incoming gradient, the leaf's data, the
+    node's saved arrays, or arrays already given to other leaves). Saving that copy matters:
+    it is one pass over every parameter per step."""
+    if not gi.flags.writeable:
+        return False
+    return not any(np.may_share_memory(gi, o) for o in others)
 
 
 def _skip_subgraph(node, deps, pending, ready, retain_graph) -> None:

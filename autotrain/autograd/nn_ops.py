@@ -46,8 +46,24 @@ def _tap(x: np.ndarray, i: int, j: int, oh: int, ow: int, sh: int, sw: int) -> n
     return x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
 
 
+def _im2col(xp: np.ndarray, kh: int, kw: int, oh: int, ow: int, stride, dilation) -> np.ndarray:
+    """(N*OH*OW, KH*KW*C) patches of padded NHWC ``xp``: one strided view, one copy."""
+    n, c = xp.shape[0], xp.shape[3]
+    (sh, sw), (dh, dw) = stride, dilation
+    if kh == kw == 1:
+        return xp[:, ::sh, ::sw, :][:, :oh, :ow, :].reshape(n * oh * ow, c)
+    s = xp.strides
+    windows = as_strided(xp, (n, oh, ow, kh, kw, c),
+                         (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
+    return windows.reshape(n * oh * ow, kh * kw * c)
+
+
 class Conv2d(Function):
-    """2-D cross-correlation (groups=1) as im2col + one matmul; col2im by kernel taps."""
+    """2-D cross-correlation (groups=1) as im2col + one matmul.
+
+    Backward: the weight gradient is one matmul with the saved patches; the input gradient
+    is a full correlation with the flipped kernel for stride 1, else col2im by kernel taps.
+    """
 
     @staticmethod
     def forward(ctx, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -55,14 +71,7 @@ class Conv2d(Function):
         o, _, kh, kw = w.shape
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
         oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(wd, kw, sw, pw, dw)
-        xp = _pad_nhwc(_nhwc(x), ph, pw)
-        if kh == kw == 1:
-            cols = xp[:, ::sh, ::sw, :][:, :oh, :ow, :].reshape(n * oh * ow, c)
-        else:
-            s = xp.strides
-            windows = as_strided(xp, (n, oh, ow, kh, kw, c),
-                                 (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
-            cols = windows.reshape(n * oh * ow, kh * kw * c)  # the one im2col copy
+        cols = _im2col(_pad_nhwc(_nhwc(x), ph, pw), kh, kw, oh, ow, (sh, sw), (dh, dw))
         # (O, KH*KW*C): a free view when the weight is stored channels-last (nn.Conv2d does).
         wmat = w.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)
         out = cols @ wmat.T
@@ -85,10 +94,16 @@ class Conv2d(Function):
             gw = (go.T @ cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         gb = (go.sum(axis=0),) if len(ctx.needs_input_grad) == 3 else ()
         if ctx.needs_input_grad[0]:
-            dcols = (go @ wmat).reshape(n, oh, ow, kh, kw, c)
-            if kh == kw == 1 and sh == sw == 1 and not (ph or pw):
-                gx = _nchw(dcols.reshape(n, oh, ow, c))
+            full_pad = ((kh - 1) * dh - ph, (kw - 1) * dw - pw)
+            if sh == sw == 1 and min(full_pad) >= 0:
+                # Stride 1: the input gradient is the "full" correlation of the output gradient
+                # with the flipped kernel. An im2col of g plus one matmul reads and writes far
+                # less memory than scattering a (N*OH*OW, KH*KW*C) matrix back tap by tap.
+                wflip = wmat.reshape(o, kh, kw, c)[:, ::-1, ::-1, :].transpose(1, 2, 0, 3).reshape(kh * kw * o, c)
+                gcols = _im2col(_pad_nhwc(go.reshape(n, oh, ow, o), *full_pad), kh, kw, h, wd, (1, 1), (dh, dw))
+                gx = _nchw((gcols @ wflip).reshape(n, h, wd, c))
             else:
+                dcols = (go @ wmat).reshape(n, oh, ow, kh, kw, c)
                 dxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=g.dtype)
                 for i in range(kh):
                     for j in range(kw):
@@ -110,8 +125,8 @@ class MaxPool2d(Function):
         argtap = np.zeros(out.shape, dtype=np.uint8)
         for t in range(1, kh * kw):
             v = _tap(xp, t // kw, t % kw, oh, ow, sh, sw)
-            better = v > out
-            argtap[better] = t
+            better = v > out  # strict: the first maximum wins ties, as in torch
+            np.copyto(argtap, t, where=better)
             np.maximum(out, v, out=out)
         ctx.save_for_backward(argtap)
         ctx.geom = (x.shape, (kh, kw), (sh, sw), (ph, pw), (oh, ow))
@@ -145,7 +160,7 @@ class BatchNorm(Function):
         if training:
             mean = x2.mean(axis=0)
             xc = x2 - mean
-            var = np.mean(xc * xc, axis=0)
+            var = np.einsum("mc,mc->c", xc, xc) / x2.shape[0]  # no (M, C) temporary
             invstd = 1.0 / np.sqrt(var + eps)
             if running_mean is not None:
                 m = x2.shape[0]

@@ -99,10 +99,14 @@ class Tensor:
         else:
             run_backward(self.grad_fn, grad, retain_graph=retain_graph)
 
-    def _accumulate_grad(self, g: np.ndarray) -> None:
-        """Add ``g`` into ``.grad``; the first time, copy, since ``g`` may be shared."""
+    def _accumulate_grad(self, g: np.ndarray, owned: bool = False) -> None:
+        """Add ``g`` into ``.grad``. The first time, take ``g`` as it is when the engine says
+        nobody else holds it (``owned``), else copy it."""
         if self.grad is None:
-            self.grad = Tensor(np.array(g, dtype=self.dtype, copy=True))
+            if owned and g.dtype == self.dtype:
+                self.grad = Tensor(g)
+            else:
+                self.grad = Tensor(np.array(g, dtype=self.dtype, copy=True))
         else:
             self.grad.data += g
 

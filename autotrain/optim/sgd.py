@@ -44,6 +44,7 @@ class SGD:
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups: list[dict] = []
         self.state: list[dict] = []  # one dict per parameter position
+        self._scratch = np.empty(0, dtype=np.uint8)  # not state: one reused buffer for lr * g
         for g in groups:
             self.add_param_group(g)
 
@@ -101,8 +102,19 @@ class SGD:
                     g = np.add(g, mu * buf, dtype=p.dtype)
                 else:
                     g = buf
-            upd = np.multiply(g, lr, dtype=p.dtype)
-            np.subtract(p.data, upd, out=p.data)
+            scratch = self._scratch_like(p.data)
+            np.multiply(g, lr, out=scratch, dtype=p.dtype)
+            np.subtract(p.data, scratch, out=p.data)
+
+    def _scratch_like(self, a: np.ndarray) -> np.ndarray:
+        """An uninitialised array with ``a``'s shape, dtype and memory order, carved from one
+        buffer kept across steps (the size of the largest parameter), so the update neither
+        allocates per step nor mixes memory orders (conv weights are channels-last)."""
+        if self._scratch.nbytes < a.nbytes:
+            self._scratch = np.empty(a.nbytes, dtype=np.uint8)
+        order = np.argsort(a.strides, kind="stable")[::-1]  # axes from outermost to innermost in memory
+        flat = self._scratch[:a.nbytes].view(a.dtype)
+        return flat.reshape([a.shape[k] for k in order]).transpose(np.argsort(order))
 
     def state_dict(self) -> dict:
         """{"state": {position: {"momentum_buffer": array}}, "param_groups": [hyper-params + positions]}."""
