@@ -31,6 +31,7 @@ class CaseResult:
     elements: int
     max_abs_err: float
     max_rel_err: float
+    max_tol_ratio: float
     passed: bool
     worst: str
     seconds: float
@@ -193,5 +194,5 @@ def run_case(case: Case, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e
     shapes = ", ".join("x".join(map(str, t.shape)) or "scalar" for t in inputs)
     if len(shapes) > 40:
         shapes = f"{len(inputs)} tensors"
-    return CaseResult(case.name, shapes, report.elements, report.max_abs_err, report.max_rel_err,
+    return CaseResult(case.name, shapes, report.elements, report.max_abs_err, report.max_rel_err, report.max_tol_ratio,
                       report.passed, report.worst, time.perf_counter() - start)

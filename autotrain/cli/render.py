@@ -8,13 +8,16 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..train.loop import Reporter
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a message stays one line in a pipe or log (no newline inserted inside a path);
+# tables are printed with soft_wrap=False so they still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -39,7 +42,7 @@ class RichReporter(Reporter):
             return
         resumed = info["resumed_from"]
         where = f"resumed from {resumed} at epoch {info['position']['epoch'] + 1}" if resumed else "new run"
-        console.print(f"[bold]{info['run_dir']}[/]: {where}; {info['train_samples']} train / "
+        console.print(f"[bold]{escape(info['run_dir'])}[/]: {escape(where)}; {info['train_samples']} train / "
                       f"{info['val_samples']} val images, {len(info['classes'])} classes; "
                       f"{info['parameters']:,} parameters ({info['trainable']:,} trainable)")
         skipped = (info.get("data_info") or {}).get("skipped")
@@ -47,7 +50,7 @@ class RichReporter(Reporter):
             console.print(f"[yellow]skipped {len(skipped) if isinstance(skipped, list) else skipped} undecodable file(s)[/]")
 
     def on_message(self, text: str) -> None:
-        console.print(text)
+        console.print(text, markup=False)
 
     def on_epoch_start(self, epoch: int, epochs: int, batches: int, start_batch: int) -> None:
         self.running = (0.0, 0.0, 0)
@@ -107,10 +110,11 @@ def parameter_table(rows: list[tuple[str, int, int, int]]) -> Table:
 
 def gradcheck_table(results) -> Table:
     t = Table(title="gradcheck (float64 central differences vs autograd)")
-    for col in ("case", "shapes", "elements", "max abs err", "max rel err", "result"):
-        t.add_column(col, justify="right" if col in ("elements", "max abs err", "max rel err") else "left")
+    for col in ("case", "shapes", "elements", "max abs err", "max rel err", "err/tol", "result"):
+        t.add_column(col, justify="left" if col in ("case", "shapes", "result") else "right")
     for r in results:
         t.add_row(r.name, r.shapes, str(r.elements), f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}",
+                  f"{r.max_tol_ratio:.3f}",
                   "[green]pass[/]" if r.passed else "[red]FAIL[/]")
     return t
 
@@ -119,9 +123,9 @@ def confusion_table(counts, class_names, precision, recall) -> Table:
     t = Table(title="confusion matrix (rows: true, columns: predicted)")
     t.add_column("true \\ pred")
     for name in class_names:
-        t.add_column(name, justify="right")
+        t.add_column(escape(name), justify="right")
     t.add_column("precision", justify="right")
     t.add_column("recall", justify="right")
     for i, name in enumerate(class_names):
-        t.add_row(name, *(str(int(v)) for v in counts[i]), _fmt(float(precision[i]), 3), _fmt(float(recall[i]), 3))
+        t.add_row(escape(name), *(str(int(v)) for v in counts[i]), _fmt(float(precision[i]), 3), _fmt(float(recall[i]), 3))
     return t
