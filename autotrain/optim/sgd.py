@@ -6,6 +6,15 @@ import numpy as np
 
 from ..autograd.tensor import Tensor
 
+CHUNK = 32768  # elements per block of the update: p, grad, momentum and temporaries fit in L2
+
+
+def _flat(a: np.ndarray) -> np.ndarray | None:
+    """A 1-D view of ``a`` in memory order, or None when ``a`` is not one dense block."""
+    order = np.argsort(a.strides, kind="stable")[::-1]
+    v = a.transpose(order)
+    return v.reshape(-1) if v.flags.c_contiguous else None
+
 
 class SGD:
     r"""SGD with momentum, dampening, weight decay and Nesterov, as torch.optim.SGD.
@@ -44,7 +53,6 @@ class SGD:
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups: list[dict] = []
         self.state: list[dict] = []  # one dict per parameter position
-        self._scratch = np.empty(0, dtype=np.uint8)  # not state: one reused buffer for lr * g
         for g in groups:
             self.add_param_group(g)
 
@@ -77,44 +85,43 @@ class SGD:
     def step(self) -> None:
         """One update of every parameter that has a gradient, in place.
 
-        Fused with ``out=`` arithmetic: no temporaries the size of the model are allocated
-        per step (11.7M parameters for resnet18), which is what made a naive update slow.
+        The update is memory-bound (11.7M parameters for resnet18), so it runs over blocks
+        of CHUNK elements: each block of p, grad and momentum is read once from memory and
+        every step of the rule above works on it while it sits in cache. Element by element
+        the arithmetic is the same, so the result is identical to the whole-array form.
         """
         for i, group, p in self._positions():
             if p.grad is None:
                 continue
-            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
-            wd, nesterov = group["weight_decay"], group["nesterov"]
-            g = p.grad.data
-            if wd != 0:
-                g = np.add(g, wd * p.data, dtype=p.dtype)  # never modify the user's .grad
-            if mu != 0:
-                buf = self.state[i].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[i]["momentum_buffer"] = np.array(g, dtype=p.dtype, copy=True)
-                else:
-                    buf *= mu
-                    if damp:
-                        buf += (1 - damp) * g
-                    else:
-                        buf += g
-                if nesterov:
-                    g = np.add(g, mu * buf, dtype=p.dtype)
-                else:
-                    g = buf
-            scratch = self._scratch_like(p.data)
-            np.multiply(g, lr, out=scratch, dtype=p.dtype)
-            np.subtract(p.data, scratch, out=p.data)
+            mu = group["momentum"]
+            buf = self.state[i].get("momentum_buffer") if mu != 0 else None
+            first = mu != 0 and buf is None
+            if first:
+                buf = self.state[i]["momentum_buffer"] = np.empty_like(p.data)  # same memory order as p
+            arrays = [p.data, p.grad.data] + ([buf] if buf is not None else [])
+            views = [_flat(a) for a in arrays]
+            if any(v is None for v in views) or any(a.strides != p.data.strides for a in arrays):
+                views, blocks = arrays, [Ellipsis]  # memory orders differ: one whole-array block
+            else:
+                blocks = [slice(s, s + CHUNK) for s in range(0, views[0].size, CHUNK)]
+            for blk in blocks:
+                self._update(group, views[0][blk], views[1][blk], views[2][blk] if buf is not None else None, first)
 
-    def _scratch_like(self, a: np.ndarray) -> np.ndarray:
-        """An uninitialised array with ``a``'s shape, dtype and memory order, carved from one
-        buffer kept across steps (the size of the largest parameter), so the update neither
-        allocates per step nor mixes memory orders (conv weights are channels-last)."""
-        if self._scratch.nbytes < a.nbytes:
-            self._scratch = np.empty(a.nbytes, dtype=np.uint8)
-        order = np.argsort(a.strides, kind="stable")[::-1]  # axes from outermost to innermost in memory
-        flat = self._scratch[:a.nbytes].view(a.dtype)
-        return flat.reshape([a.shape[k] for k in order]).transpose(np.argsort(order))
+    @staticmethod
+    def _update(group: dict, p: np.ndarray, g: np.ndarray, buf: np.ndarray | None, first: bool) -> None:
+        """torch's rule on one block (see the class docstring); p and buf change in place."""
+        lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
+        wd, nesterov = group["weight_decay"], group["nesterov"]
+        if wd != 0:
+            g = g + wd * p  # a new array: the user's .grad is never modified
+        if buf is not None:
+            if first:
+                buf[...] = g
+            else:
+                buf *= mu
+                buf += (1 - damp) * g if damp else g
+            g = g + mu * buf if nesterov else buf
+        p -= lr * g
 
     def state_dict(self) -> dict:
         """{"state": {position: {"momentum_buffer": array}}, "param_groups": [hyper-params + positions]}."""
