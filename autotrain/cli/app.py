@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ..errors import AutotrainError, ConfigError
 from . import render
@@ -32,7 +33,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 
 def _fail(err: AutotrainError) -> None:
     for line in str(err).splitlines() or [type(err).__name__]:
-        render.err_console.print(f"[red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        render.err_console.print(f"[red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(err.exit_code)
 
 
@@ -106,19 +107,19 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
             finally:
                 reporter.close()
         if result.history and not quiet:
-            render.console.print(render.history_table(result.history))
+            render.console.print(render.history_table(result.history), soft_wrap=False)
         best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.4f}"
         render.console.print(f"{result.status}: {result.run_dir} (best val_acc {best}, "
-                             f"{time.perf_counter() - start:.1f} s)")
+                             f"{time.perf_counter() - start:.1f} s)", markup=False)
 
 
 def _show_setup(setup, cfg) -> None:
     from ..train.setup import parameter_table
 
-    render.console.print(render.parameter_table(parameter_table(setup)))
+    render.console.print(render.parameter_table(parameter_table(setup)), soft_wrap=False)
     rep = setup.load_report
     if rep is not None:
-        render.console.print(f"weights {setup.weights_path}: {rep.summary()}")
+        render.console.print(f"weights {setup.weights_path}: {rep.summary()}", markup=False)
         head = [k for k, *_ in rep.mismatched if k.startswith("fc.")]
         if head and setup.head_replaced:
             render.console.print(f"  expected: fc re-initialised for {cfg.model.num_classes} classes "
@@ -168,10 +169,10 @@ def gradcheck(op: Annotated[Optional[list[str]], typer.Option("--op", help="Case
         _fail(ConfigError(f"--op {err.args[0]}: no such case"))
     start = time.perf_counter()
     results = [run_case(c, eps=eps, atol=atol, rtol=rtol, seed=seed) for c in cases]
-    render.console.print(render.gradcheck_table(results))
+    render.console.print(render.gradcheck_table(results), soft_wrap=False)
     failed = [r for r in results if not r.passed]
     for r in failed:
-        render.err_console.print(f"[red]FAIL[/] {r.name}: {r.worst}", highlight=False)
+        render.err_console.print(f"[red]FAIL[/] {escape(r.name)}: {escape(str(r.worst))}", highlight=False)
     if json_path is not None:
         json_path.write_text(json.dumps({"eps": eps, "atol": atol, "rtol": rtol, "seed": seed,
                                          "cases": [r.as_dict() for r in results]}, indent=2))
@@ -205,9 +206,9 @@ def graph(output: Annotated[Path, typer.Option("--output", "-o", help=".dot, .sv
     except FileNotFoundError as err:
         fallback = output.with_suffix(".dot")
         render_graph(dot, fallback)
-        render.err_console.print(f"{err}; wrote DOT to {fallback} instead")
+        render.err_console.print(f"{err}; wrote DOT to {fallback} instead", markup=False)
         raise typer.Exit(0)
-    render.console.print(f"wrote {written}")
+    render.console.print(f"wrote {written}", markup=False)
 
 
 @config_app.command("show")
@@ -231,7 +232,8 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.saf
         trained = load_trained(str(checkpoint))
         cfg = config_from_yaml_text(config_to_yaml(trained.config), str(checkpoint), set_ or [])
         report = evaluate_checkpoint(trained, cfg)
-    render.console.print(render.confusion_table(report.confusion, report.class_names, report.precision, report.recall))
+    render.console.print(render.confusion_table(report.confusion, report.class_names, report.precision, report.recall),
+                         soft_wrap=False)
     render.console.print(f"accuracy {report.accuracy:.4f} loss {report.loss:.4f} on {report.count} images")
 
 
@@ -247,7 +249,8 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint writte
         trained = load_trained(str(checkpoint))
         results = run_predict(trained, [str(p) for p in images], top_k)
     for path, preds in zip(images, results):
-        render.console.print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in preds), highlight=False)
+        render.console.print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in preds), highlight=False,
+                             markup=False)
 
 
 @app.command()
@@ -259,13 +262,13 @@ def inspect(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint writte
     with _errors():
         trained = load_trained(str(checkpoint))
     meta = trained.checkpoint.metadata
-    render.console.print(f"[bold]{checkpoint}[/] autotrain {meta.get('version')} sha256 {trained.checkpoint.sha256[:16]}...")
+    render.console.print(f"[bold]{escape(str(checkpoint))}[/] autotrain {meta.get('version')} sha256 {trained.checkpoint.sha256[:16]}...")
     render.console.print(f"epoch {meta['position']['epoch']} (batch {meta['position']['batch']}), step {meta['step']}, "
                          f"finished {meta.get('finished')}, best val_acc {meta.get('best_val_acc')}")
     n = sum(int(p.data.size) for p in trained.model.parameters())
-    render.console.print(f"{n:,} parameters; classes {meta['class_names']}")
+    render.console.print(f"{n:,} parameters; classes {meta['class_names']}", markup=False)
     if meta.get("history"):
-        render.console.print(render.history_table(meta["history"], "metrics"))
+        render.console.print(render.history_table(meta["history"], "metrics"), soft_wrap=False)
     render.console.print(config_to_yaml(trained.config), highlight=False, markup=False)
 
 
@@ -277,7 +280,7 @@ def convert(src: Annotated[Path, typer.Argument(help="Weights in: .pth (zip or l
 
     with _errors():
         tensors = run_convert(src, dst)
-    render.console.print(f"wrote {dst}: {len(tensors)} tensors")
+    render.console.print(f"wrote {dst}: {len(tensors)} tensors", markup=False)
 
 
 def main() -> None:
