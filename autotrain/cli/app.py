@@ -84,6 +84,8 @@ def _load(config: Path, overrides: list[str] | None):
 
 
 def _train(config_path: Path, overrides: list[str] | None, resume: str | None, overwrite: bool, quiet: bool) -> None:
+    import numpy as np
+
     from ..train.run import Trainer
 
     with _errors():
@@ -103,7 +105,10 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
             reporter.on_start = on_start
             start = time.perf_counter()
             try:
-                result = trainer.run()
+                # The run checks loss and weights itself and stops with one line naming the
+                # epoch and step (exit 5); numpy's overflow warnings would only add noise.
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    result = trainer.run()
             finally:
                 reporter.close()
         if result.history and not quiet:
