@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
 from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files,
                              epoch_checkpoint_name, find_latest_valid_checkpoint, load_checkpoint,
                              rotate_checkpoints, save_checkpoint)
+from ..io.safetensors_io import read_safetensors_metadata
 from ..optim import SGD, scheduled_lr
 from .loop import EpochSums, Reporter, evaluate, train_step
 from .setup import ModelSetup, build_model, set_train_mode, unfreeze_all
@@ -143,6 +145,25 @@ def _metrics_csv(history: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _saved_step(path: Path) -> int | None:
+    """The ``step`` recorded in a checkpoint's header; None if it is missing or unreadable."""
+    try:
+        return json.loads(read_safetensors_metadata(path).get("step", "null"))
+    except (WeightsError, ValueError, RecursionError):
+        return None
+
+
+def _epoch_wrote_best(history: list[dict], finished: bool) -> bool:
+    """Whether ``_end_epoch`` saved best.safetensors at the last epoch of ``history``."""
+    if not history:
+        return False
+    final = history[-1].get("val_acc")
+    if final is None:
+        return finished and all(row.get("val_acc") is None for row in history)
+    earlier = [row["val_acc"] for row in history[:-1] if row.get("val_acc") is not None]
+    return not earlier or final > max(earlier)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -257,6 +278,32 @@ class Trainer:
         self.reporter.on_checkpoint(str(path))
         return path
 
+    def _repair_epoch_end(self, path: Path, ckpt) -> None:
+        """Redo the epoch-end writes that a crash cut short (``_end_epoch`` writes metrics.csv,
+        epoch-N, last, best, then rotates), so a resumed run's files match an uninterrupted one.
+
+        At one epoch end, epoch-N, last and best hold the same content; so when the checkpoint
+        resumed from (taken at an epoch end, in this run folder) is newer than last.safetensors,
+        or than best.safetensors while that epoch improved val_acc, it is copied over them.
+        Without this, a kill inside the final last.safetensors write left last at the previous
+        epoch for good (the resume found epoch-N finished and had nothing to do).
+        """
+        meta = ckpt.metadata
+        position = meta.get("position") or {}
+        if position.get("batch") != 0 or not position.get("epoch") or path.resolve().parent != self.out.resolve():
+            return
+        step = meta.get("step")
+        stale = [LAST_NAME] if _saved_step(self.out / LAST_NAME) != step else []
+        if _epoch_wrote_best(meta.get("history") or [], bool(meta.get("finished"))) \
+                and _saved_step(self.out / BEST_NAME) != step:
+            stale.append(BEST_NAME)
+        if stale:
+            data = path.read_bytes()
+            for name in stale:
+                if name != path.name:
+                    atomic_write_bytes(self.out / name, data)
+        rotate_checkpoints(self.out, self.cfg.output.keep_last)
+
     def _interrupt(self, signum: int) -> None:
         path = self._save(LAST_NAME)
         raise Interrupted(signum, str(path))
@@ -346,6 +393,8 @@ class Trainer:
         resumed = self._resume_checkpoint()
         if resumed is not None and resumed[1].metadata.get("finished"):
             self.reporter.on_message(f"{resumed[0]}: the run already finished ({cfg.train.epochs} epochs); nothing to do")
+            clean_stale_temp_files(self.out)
+            self._repair_epoch_end(*resumed)
             meta = resumed[1].metadata
             return RunResult(self.out, "already finished", meta.get("history", []), meta.get("best_val_acc"), resumed[0])
         self._build(resumed)
@@ -354,6 +403,8 @@ class Trainer:
         if self.overwrite and resumed is None:
             _clear_run(self.out)
         clean_stale_temp_files(self.out)
+        if resumed is not None:
+            self._repair_epoch_end(*resumed)
         atomic_write_bytes(self.out / "config.yaml", config_to_yaml(cfg).encode())
         self.reporter.on_start(self._start_info(resumed))
         self.last_path = None
