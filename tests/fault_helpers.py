@@ -1,0 +1,357 @@
+"""Helpers for the fault-injection suite (tests/test_faults_*.py).
+
+Two roles:
+
+* imported by the tests: run the real ``autotrain`` CLI in a subprocess (BLAS threads pinned,
+  the checkout first on PYTHONPATH), run many such commands concurrently, kill one at a chosen
+  moment, and check what a run folder holds;
+* run as a script, ``python tests/fault_helpers.py <autotrain args>``: the same CLI
+  (``autotrain.cli.main``) after installing the faults described by the JSON in
+  ``AUTOTRAIN_TEST_FAULTS`` (a test-only wrapper; nothing here is imported by autotrain):
+
+  - ``{"signal_at_step": [signum, step]}``: the process sends itself ``signum`` while it is
+    inside training step ``step`` (1-based, counted in this process);
+  - ``{"signal_in_eval": signum}``: the same, inside the first evaluation;
+  - ``{"enospc": {"match": GLOB, "after": N}}``: files opened for writing whose name matches
+    GLOB accept N bytes, then every write raises ``OSError(ENOSPC)``, as a full disk does;
+  - ``{"log_writes": PATH}``: after each ``os.replace`` the destination and the sha256 of its
+    new content are appended to PATH (to prove a file was, or was not, rewritten).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = Path(__file__).resolve()
+TINY = ROOT / "configs" / "tiny.yaml"
+FAULTS_ENV = "AUTOTRAIN_TEST_FAULTS"
+TIMING_COLUMNS = ("images_per_s", "seconds")
+TEMP_RE = re.compile(r"^\.(.+)\.tmp-(\d+)$")
+RUN_FILE_RE = re.compile(r"^(config\.yaml|metrics\.csv|last\.safetensors|best\.safetensors|epoch-\d+\.safetensors)$")
+PARALLEL = 4
+
+
+# --------------------------------------------------------------------------- running the CLI
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: one BLAS thread, no colour, wide lines, no
+    inherited fault hooks, the checkout under test first on the import path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTRAIN_FAULT") and k != FAULTS_ENV}
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NO_COLOR="1",
+               TERM="dumb", COLUMNS="200", PYTHONHASHSEED="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(extra or {})
+    return env
+
+
+def cli_argv(args: list[str], faults: dict | None = None) -> list[str]:
+    """argv for the CLI: the console script's ``main`` (through the fault wrapper if needed)."""
+    if faults:
+        return [sys.executable, str(HELPER), *map(str, args)]
+    return [sys.executable, "-c", "import sys; sys.argv[0] = 'autotrain'; from autotrain.cli import main; main()",
+            *map(str, args)]
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def errors(self) -> list[str]:
+        """The ``error:`` lines on stderr (the CLI prints one per problem)."""
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+    def explain(self) -> str:
+        return (f"autotrain {' '.join(self.args)}\nexit {self.returncode}\n--- stdout\n{self.stdout[-3000:]}"
+                f"\n--- stderr\n{self.stderr[-3000:]}")
+
+
+def run_cli(args: list[str], cwd: Path, faults: dict | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> Result:
+    """Run ``autotrain ARGS`` to completion in ``cwd``."""
+    extra = dict(env or {})
+    if faults:
+        extra[FAULTS_ENV] = json.dumps(faults)
+    start = time.perf_counter()
+    done = subprocess.run(cli_argv(args, faults), cwd=cwd, env=cli_env(extra), capture_output=True, text=True,
+                          timeout=timeout)
+    return Result([str(a) for a in args], done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
+
+
+def run_many(jobs: dict[str, dict]) -> dict[str, Result]:
+    """Run independent CLI commands concurrently: ``{name: run_cli kwargs}`` -> ``{name: Result}``."""
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        futures = {name: pool.submit(run_cli, **kwargs) for name, kwargs in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, faults: dict | None = None,
+              ) -> subprocess.Popen:
+    """Start ``autotrain ARGS`` without waiting (stdout/stderr to files in ``cwd``'s parent is
+    not needed: they go to pipes read at the end)."""
+    extra = dict(env or {})
+    if faults:
+        extra[FAULTS_ENV] = json.dumps(faults)
+    return subprocess.Popen(cli_argv(args, faults), cwd=cwd, env=cli_env(extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, args: list[str], timeout: float = 120) -> Result:
+    out, err = proc.communicate(timeout=timeout)
+    return Result([str(a) for a in args], proc.returncode, out, err, 0.0)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Hidden ``.<name>.tmp-<pid>`` files of atomic writes in ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if TEMP_RE.match(p.name))
+
+
+def wait_for_temp_write(proc: subprocess.Popen, folder: Path, nth: int, timeout: float = 60) -> Path | None:
+    """Poll ``folder`` until the ``nth`` atomic write (counted by temp files appearing) is in
+    progress; returns that temp file, or None if the process ended first.
+
+    Needs ``AUTOTRAIN_FAULT_WRITE_SLEEP`` in the process so each write stays open long enough
+    to be seen (a poll every 2 ms against a window of a few hundred).
+    """
+    seen_before: set[str] = set()
+    count = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = {p.name for p in temp_files(folder)}
+        for name in sorted(now - seen_before):
+            count += 1
+            if count == nth:
+                return folder / name
+        seen_before = now
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.002)
+    raise TimeoutError(f"write #{nth} never started in {folder}")
+
+
+def wait_for_file(proc: subprocess.Popen, path: Path, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        if proc.poll() is not None:
+            return path.exists()
+        time.sleep(0.002)
+    raise TimeoutError(f"{path} never appeared")
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    try:
+        proc.send_signal(signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate(timeout=60)
+
+
+# --------------------------------------------------------------------------- looking at a run
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> content): to prove nothing changed."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_run_folder(run: Path, allowed_temp_pids: set[int] = frozenset()) -> dict[str, object]:
+    """Assert that ``run`` holds only whole files: every checkpoint loads with its content hash
+    verified, metrics.csv parses, and the only other entries are temp files of dead writers
+    (pids in ``allowed_temp_pids``). Returns ``{name: Checkpoint}`` for the checkpoints."""
+    from autotrain.io import load_checkpoint
+
+    loaded: dict[str, object] = {}
+    if not run.exists():
+        return loaded
+    for entry in sorted(run.iterdir()):
+        temp = TEMP_RE.match(entry.name)
+        if temp:
+            assert int(temp.group(2)) in allowed_temp_pids, f"temp file of a live or unknown writer: {entry}"
+            continue
+        assert RUN_FILE_RE.match(entry.name), f"unexpected entry in the run folder: {entry}"
+        if entry.suffix == ".safetensors":
+            loaded[entry.name] = load_checkpoint(entry)  # raises WeightsError if torn or corrupt
+        elif entry.name == "metrics.csv":
+            rows = list(csv.DictReader(entry.read_text().splitlines()))
+            assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1)), entry
+        else:
+            assert entry.read_text().startswith("seed:"), entry
+    return loaded
+
+
+def metrics_without_timing(run: Path) -> list[dict[str, str]]:
+    """metrics.csv rows as strings, without the wall-clock columns."""
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def history_without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in history]
+
+
+def assert_same_arrays(got: dict, want: dict, what: str) -> None:
+    """Bit-for-bit: same names, dtypes, shapes and bytes."""
+    assert list(got) == list(want), f"{what}: names differ"
+    for name in want:
+        a, b = got[name], want[name]
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {name} {a.dtype}{a.shape} != {b.dtype}{b.shape}"
+        assert a.tobytes() == b.tobytes(), f"{what}: {name} differs"
+
+
+def assert_same_checkpoint(got, want, what: str) -> None:
+    """Same model and optimizer arrays bit for bit, same position and metrics (timing aside)."""
+    assert_same_arrays(got.model_state, want.model_state, f"{what} model")
+    assert_same_arrays(got.optimizer_state, want.optimizer_state, f"{what} optimizer")
+    for key in ("position", "best_val_acc", "finished", "optimizer_groups", "schedule"):
+        assert got.metadata[key] == want.metadata[key], f"{what}: metadata {key} differs"
+    sums = [{k: v for k, v in c.metadata["epoch_sums"].items() if k != "seconds"} for c in (got, want)]
+    assert sums[0] == sums[1], f"{what}: metadata epoch_sums differ"
+    # the same config but for the folder it was written to
+    got_cfg, want_cfg = dict(got.metadata["config"]), dict(want.metadata["config"])
+    got_cfg.pop("output"), want_cfg.pop("output")
+    assert got_cfg == want_cfg, f"{what}: metadata config differs"
+    assert history_without_timing(got.metadata["history"]) == history_without_timing(want.metadata["history"])
+
+
+# --------------------------------------------------------------------------- the fault wrapper
+
+
+def _install_signal_at_step(signum: int, step: int) -> None:
+    import autotrain.train.run as run
+
+    real = run.train_step
+    calls = [0]
+
+    def train_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            os.kill(os.getpid(), signum)  # delivered now, while this step runs
+        return real(*args, **kwargs)
+
+    run.train_step = train_step
+
+
+def _install_signal_in_eval(signum: int) -> None:
+    import autotrain.train.run as run
+
+    real = run.evaluate
+    calls = [0]
+
+    def evaluate(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    run.evaluate = evaluate
+
+
+class _FullDiskFile:
+    """A file object that accepts ``budget`` bytes, then fails every write with ENOSPC."""
+
+    def __init__(self, raw, budget: int, name: str):
+        self._raw, self._budget, self._name = raw, budget, name
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self._budget:
+            if self._budget > 0:
+                self._raw.write(data[: self._budget])
+                self._budget = 0
+            self._raw.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._budget -= len(data)
+        return self._raw.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._raw.close()
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
+def _install_enospc(match: str, after: int) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) \
+                and fnmatch.fnmatch(os.path.basename(os.fspath(file)), match):
+            return _FullDiskFile(f, after, os.fspath(file))
+        return f
+
+    builtins.open = open_
+
+
+def _install_log_writes(log: str) -> None:
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        with open(log, "a") as f:
+            f.write(json.dumps([os.fspath(dst), sha256(Path(dst))]) + "\n")
+
+    os.replace = replace
+
+
+def install_faults(spec: dict) -> None:
+    for key, value in spec.items():
+        if key == "signal_at_step":
+            _install_signal_at_step(*value)
+        elif key == "signal_in_eval":
+            _install_signal_in_eval(value)
+        elif key == "enospc":
+            _install_enospc(value["match"], value["after"])
+        elif key == "log_writes":
+            _install_log_writes(value)
+        else:
+            raise SystemExit(f"fault_helpers: unknown fault {key!r}")
+
+
+def read_write_log(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    return [tuple(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    install_faults(json.loads(os.environ.get(FAULTS_ENV, "{}")))
+    sys.argv[0] = "autotrain"
+    from autotrain.cli import main
+
+    main()
