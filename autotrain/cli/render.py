@@ -45,9 +45,11 @@ class RichReporter(Reporter):
         console.print(f"[bold]{escape(info['run_dir'])}[/]: {escape(where)}; {info['train_samples']} train / "
                       f"{info['val_samples']} val images, {len(info['classes'])} classes; "
                       f"{info['parameters']:,} parameters ({info['trainable']:,} trainable)")
-        skipped = (info.get("data_info") or {}).get("skipped")
+        skipped = (info.get("data_info") or {}).get("skipped_files") or []
         if skipped:
-            console.print(f"[yellow]skipped {len(skipped) if isinstance(skipped, list) else skipped} undecodable file(s)[/]")
+            first = skipped[0]
+            console.print(f"[yellow]skipped {len(skipped)} undecodable file(s)[/], first "
+                          f"{escape(first['path'])}: {escape(first['reason'])}")
 
     def on_message(self, text: str) -> None:
         console.print(text, markup=False)
