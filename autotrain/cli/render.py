@@ -95,7 +95,7 @@ def history_table(history: list[dict], title: str = "summary") -> Table:
     for col in ("epoch", "loss", "acc", "val loss", "val acc", "lr", "img/s", "s"):
         t.add_column(col, justify="right", no_wrap=True)
     for row in history:
-        t.add_row(*(_fmt(row.get(c), 4 if c not in ("lr",) else 6) for c in
+        t.add_row(*(_fmt(row.get(c), {"lr": 6, "images_per_s": 1, "seconds": 2}.get(c, 4)) for c in
                     ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")))
     return t
 
