@@ -1,0 +1,47 @@
+"""Shared fixtures: run the real ``autotrain`` CLI of this checkout in a subprocess.
+
+BLAS threads are pinned (OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1) so that two runs of the
+same config give the same floats bit for bit, whatever else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The checkout under test, not an installed copy; argv[0] "autotrain" as the console script.
+CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'autotrain'; from autotrain.cli import main; main()"]
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, **PINNED_THREADS)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env.pop("AUTOTRAIN_FAULT_WRITE_SLEEP", None)
+    env.pop("AUTOTRAIN_FAULT_WRITE_ABORT", None)
+    env.update(extra or {})
+    return env
+
+
+def cli_popen(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``autotrain ARGS...`` without waiting (for signal tests)."""
+    return subprocess.Popen([*CLI, *map(str, args)], cwd=cwd, env=cli_env(env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_cli_subprocess(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
+                       timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``autotrain ARGS...`` to the end; returns the CompletedProcess (text stdout/stderr)."""
+    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, env=cli_env(env), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli("train", "tiny.yaml", "--set", ...)`` -> CompletedProcess."""
+    return run_cli_subprocess
