@@ -242,6 +242,40 @@ def assert_same_checkpoint(got, want, what: str) -> None:
     assert history_without_timing(got.metadata["history"]) == history_without_timing(want.metadata["history"])
 
 
+# --------------------------------------------------------------------------- the reference run
+
+_REFERENCE: dict[str, dict] = {}
+
+
+def tiny_reference(tmp_path_factory) -> dict:
+    """An uninterrupted run of configs/tiny.yaml, made once per test session: its checkpoints,
+    metrics (timing aside) and wall time, for the exact-resume comparisons."""
+    if "tiny" not in _REFERENCE:
+        folder = tmp_path_factory.mktemp("reference")
+        run = folder / "run"
+        start = time.monotonic()
+        result = run_cli(["train", str(TINY), "--set", f"output.dir={run}", "-q"], cwd=folder)
+        assert result.returncode == 0, result.explain()
+        wall = time.monotonic() - start
+        _REFERENCE["tiny"] = {"run": run, "checkpoints": check_run_folder(run),
+                              "metrics": metrics_without_timing(run), "wall": wall}
+    return _REFERENCE["tiny"]
+
+
+def assert_resumes_to_reference(run: Path, cwd: Path, reference: dict) -> Result:
+    """``--resume auto`` to the end: exit 0, no temp file left, every checkpoint and
+    metrics.csv as in the uninterrupted reference run (bit for bit, timing aside)."""
+    result = run_cli(["train", str(TINY), "--set", f"output.dir={run}", "-q", "--resume", "auto"], cwd=cwd)
+    assert result.returncode == 0, result.explain()
+    assert temp_files(run) == [], "stale temp files were not cleaned"
+    checkpoints = check_run_folder(run)
+    assert sorted(checkpoints) == sorted(reference["checkpoints"]), result.explain()
+    for name, want in reference["checkpoints"].items():
+        assert_same_checkpoint(checkpoints[name], want, name)
+    assert metrics_without_timing(run) == reference["metrics"]
+    return result
+
+
 # --------------------------------------------------------------------------- the fault wrapper
 
 

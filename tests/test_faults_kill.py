@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from autotrain.io import find_latest_valid_checkpoint, load_checkpoint
-from fault_helpers import (TINY, assert_same_checkpoint, check_run_folder, finish, kill9, metrics_without_timing,
-                           run_cli, start_cli, temp_files, wait_for_temp_write)
+from fault_helpers import (TINY, assert_resumes_to_reference, check_run_folder, finish, kill9, start_cli, temp_files,
+                           tiny_reference, wait_for_temp_write)
 
 DEFAULT_KILLS = 3
 FULL_KILLS = 20
@@ -45,18 +45,12 @@ def train_args(run: Path, resume: bool) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run: its checkpoints, metrics and wall time."""
-    folder = tmp_path_factory.mktemp("reference")
-    run = folder / "run"
-    start = time.monotonic()
-    result = run_cli(train_args(run, resume=False), cwd=folder)
-    assert result.returncode == 0, result.explain()
-    wall = time.monotonic() - start
-    checkpoints = check_run_folder(run)
-    assert sorted(checkpoints) == ["best.safetensors", "epoch-1.safetensors", "epoch-2.safetensors",
-                                   "last.safetensors"]
-    history = checkpoints["last.safetensors"].metadata["history"]
+    ref = tiny_reference(tmp_path_factory)
+    assert sorted(ref["checkpoints"]) == ["best.safetensors", "epoch-1.safetensors", "epoch-2.safetensors",
+                                          "last.safetensors"]
+    history = ref["checkpoints"]["last.safetensors"].metadata["history"]
     assert history[1]["val_acc"] > history[0]["val_acc"], "WRITES assumes best improves at both epochs"
-    return {"run": run, "checkpoints": checkpoints, "metrics": metrics_without_timing(run), "wall": wall}
+    return ref
 
 
 def after_kill(run: Path, pid: int) -> None:
@@ -69,14 +63,7 @@ def after_kill(run: Path, pid: int) -> None:
 
 
 def resume_to_end(run: Path, cwd: Path, reference) -> None:
-    result = run_cli(train_args(run, resume=True), cwd=cwd)
-    assert result.returncode == 0, result.explain()
-    assert temp_files(run) == [], "stale temp files were not cleaned"
-    checkpoints = check_run_folder(run)
-    assert sorted(checkpoints) == sorted(reference["checkpoints"]), result.explain()
-    for name, want in reference["checkpoints"].items():
-        assert_same_checkpoint(checkpoints[name], want, name)
-    assert metrics_without_timing(run) == reference["metrics"]
+    assert_resumes_to_reference(run, cwd, reference)
 
 
 def kill_at_random_moment(run: Path, cwd: Path, rng: random.Random, wall: float, resume: bool) -> int:
