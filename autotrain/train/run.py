@@ -271,7 +271,8 @@ class Trainer:
     def _save(self, name: str, finished: bool = False) -> Path:
         for n, p in self.setup.model.named_parameters():
             if not np.all(np.isfinite(p.data)):
-                raise NumericalError(f"parameter {n} holds NaN/Inf; no checkpoint written")
+                raise NumericalError(f"parameter {n} holds NaN/Inf at global step {self.position['step']}; "
+                                     "no checkpoint written")
         path = self.out / name
         save_checkpoint(path, self.setup.model.state_dict(),
                         _optimizer_tensors(self.optimizer, self._trainable_names()), self._metadata(finished))
@@ -356,6 +357,9 @@ class Trainer:
         val = None
         if self.val_loader is not None and ((epoch + 1) % self.cfg.train.eval_every == 0 or last):
             val = evaluate(self.setup.model, self.val_loader)
+            if not np.isfinite(val.loss):  # finite train loss, but the update made the weights overflow
+                raise NumericalError(f"validation loss is {val.loss} after epoch {epoch + 1} (global step "
+                                     f"{pos['step']}); stopped before writing its checkpoints (try a lower optimizer.lr)")
         seconds = self.sums.seconds
         return {
             "epoch": epoch + 1,
