@@ -12,8 +12,9 @@ Two roles:
   - ``{"signal_at_step": [signum, step]}``: the process sends itself ``signum`` while it is
     inside training step ``step`` (1-based, counted in this process);
   - ``{"signal_in_eval": signum}``: the same, inside the first evaluation;
-  - ``{"enospc": {"match": GLOB, "after": N}}``: files opened for writing whose name matches
-    GLOB accept N bytes, then every write raises ``OSError(ENOSPC)``, as a full disk does;
+  - ``{"enospc": {"match": GLOB, "after": N, "nth": K}}``: from the K-th (default 1st) file
+    opened for writing whose name matches GLOB, each accepts N bytes, then every write raises
+    ``OSError(ENOSPC)``, as a full disk does;
   - ``{"log_writes": PATH}``: after each ``os.replace`` the destination and the sha256 of its
     new content are appended to PATH (to prove a file was, or was not, rewritten).
 """
@@ -336,16 +337,19 @@ class _FullDiskFile:
         return getattr(self._raw, name)
 
 
-def _install_enospc(match: str, after: int) -> None:
+def _install_enospc(match: str, after: int, nth: int = 1) -> None:
     import builtins
 
     real_open = builtins.open
+    opened = [0]
 
     def open_(file, mode="r", *args, **kwargs):
         f = real_open(file, mode, *args, **kwargs)
         if any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) \
                 and fnmatch.fnmatch(os.path.basename(os.fspath(file)), match):
-            return _FullDiskFile(f, after, os.fspath(file))
+            opened[0] += 1
+            if opened[0] >= nth:
+                return _FullDiskFile(f, after, os.fspath(file))
         return f
 
     builtins.open = open_
@@ -369,7 +373,7 @@ def install_faults(spec: dict) -> None:
         elif key == "signal_in_eval":
             _install_signal_in_eval(value)
         elif key == "enospc":
-            _install_enospc(value["match"], value["after"])
+            _install_enospc(value["match"], value["after"], value.get("nth", 1))
         elif key == "log_writes":
             _install_log_writes(value)
         else:
