@@ -396,7 +396,8 @@ class Trainer:
         check_output_dir(self.out, self.resume, self.overwrite)
         resumed = self._resume_checkpoint()
         if resumed is not None and resumed[1].metadata.get("finished"):
-            self.reporter.on_message(f"{resumed[0]}: the run already finished ({cfg.train.epochs} epochs); nothing to do")
+            done = resumed[1].metadata["position"]["epoch"]
+            self.reporter.on_message(f"{resumed[0]}: the run already finished ({done} epochs); nothing to do")
             clean_stale_temp_files(self.out)
             self._repair_epoch_end(*resumed)
             meta = resumed[1].metadata
