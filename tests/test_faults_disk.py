@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fault_helpers import (TINY, assert_resumes_to_reference, check_run_folder, read_write_log, run_cli, run_many,
+from fault_helpers import (TINY, assert_resumes_to_reference, check_run_folder, read_write_log, run_cli, run_forked,
                            sha256, temp_files, tiny_reference)
 
 ENOSPC_TEXT = os.strerror(28)  # "No space left on device"
@@ -75,7 +75,7 @@ def runs(tmp_path_factory) -> dict:
             faults["enospc"] = enospc
         jobs[name] = {"args": train_args(run, *sets), "cwd": folder, "faults": faults}
         where[name] = (run, log)
-    results = run_many(jobs)
+    results = run_forked(jobs)
     return {name: (*where[name], results[name]) for name in plan}
 
 
