@@ -45,3 +45,14 @@ def run_cli_subprocess(*args: str, cwd: str | Path | None = None, env: dict[str,
 def run_cli():
     """``run_cli("train", "tiny.yaml", "--set", ...)`` -> CompletedProcess."""
     return run_cli_subprocess
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` tests run only when selected: ``python -m pytest -m slow``."""
+    markexpr = config.option.markexpr or ""
+    if "slow" in markexpr and "not slow" not in markexpr:
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

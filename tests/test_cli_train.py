@@ -382,3 +382,19 @@ def test_run_summary_line_reports_best_val_acc(tmp_path, run_cli):
     assert m and m.group(1) == str(out), r.stdout
     _, rows = read_metrics(out)
     assert float(m.group(2)) == pytest.approx(float(rows[0]["val_acc"]), abs=5e-5)
+
+
+@pytest.mark.slow
+def test_digits_yaml_reaches_95_percent(tmp_path, run_cli):
+    """The main job as shipped (10 epochs, width 16, 16x16): >= 95% validation accuracy."""
+    out = tmp_path / "digits"
+    start = time.perf_counter()
+    r = run_cli("train", "configs/digits.yaml", "--set", f"output.dir={out}", "-q", cwd=tmp_path, timeout=3600)
+    seconds = time.perf_counter() - start
+    assert r.returncode == 0, r.stderr
+    _, rows = read_metrics(out)
+    assert len(rows) == 10
+    final = float(rows[-1]["val_acc"])
+    assert final >= 0.95, f"val_acc {final:.4f} after {seconds:.0f} s"
+    meta = load_checkpoint(out / "last.safetensors").metadata
+    assert meta["data_info"]["num_val"] == round(0.2 * (meta["data_info"]["num_train"] + meta["data_info"]["num_val"]))
