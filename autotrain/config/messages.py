@@ -142,7 +142,8 @@ def _rule(kind: str, loc: Loc, value: Any, ctx: dict[str, Any], msg: str) -> str
     if kind in ("int_type", "float_type"):
         return _EXPECTED[kind] + _type_hint(value)
     if kind in _EXPECTED:
-        return _EXPECTED[kind]
+        # `freeze: off` is a boolean to YAML; say so rather than leave "False" unexplained.
+        return _EXPECTED[kind] + (_type_hint(value) if isinstance(value, bool) and kind != "bool_type" else "")
     if kind == "literal_error":
         choices = _literal_choices(loc)
         if len(choices) == 1:
