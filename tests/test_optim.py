@@ -284,3 +284,32 @@ def test_zero_learning_rate_is_allowed_as_in_torch():
     p.grad = at.tensor(np.ones(2))
     opt.step()
     np.testing.assert_array_equal(p.data, [1.0, 1.0])
+
+
+def test_large_update_in_blocks_and_threads_equals_whole_array_rule():
+    """Above PARALLEL_MIN elements the update runs in cache-sized blocks over threads; a
+    channels-last weight (its gradient in the same memory order) and a C-order one must come
+    out bit-identical to the rule applied to whole arrays."""
+    from autotrain.optim import sgd as sgd_module
+
+    rng = np.random.default_rng(7)
+    shape_cl = (64, 3, 3, 400)  # (O, KH, KW, C) memory viewed as (O, C, KH, KW)
+    w = nn.Parameter(rng.standard_normal(shape_cl).astype(np.float32).transpose(0, 3, 1, 2))
+    b = nn.Parameter(rng.standard_normal(sgd_module.PARALLEL_MIN + 123).astype(np.float32))
+    params = [w, b]
+    ref = [p.data.copy() for p in params]
+    bufs = [None, None]
+    opt = at.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    for step in range(3):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        grads[0] = np.ascontiguousarray(grads[0].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        for p, g in zip(params, grads):
+            p.grad = at.from_numpy(g)
+        opt.step()
+        for k, g in enumerate(grads):
+            d = g + np.float32(1e-3) * ref[k]
+            bufs[k] = d.copy() if bufs[k] is None else bufs[k] * np.float32(0.9) + d
+            d = d + np.float32(0.9) * bufs[k]
+            ref[k] = ref[k] - np.float32(0.05) * d
+        for p, r in zip(params, ref):
+            np.testing.assert_array_equal(p.data, r)

@@ -95,10 +95,12 @@ class Conv2d(Function):
         gb = (go.sum(axis=0),) if len(ctx.needs_input_grad) == 3 else ()
         if ctx.needs_input_grad[0]:
             full_pad = ((kh - 1) * dh - ph, (kw - 1) * dw - pw)
-            if sh == sw == 1 and min(full_pad) >= 0:
+            if sh == sw == 1 and min(full_pad) >= 0 and n * h * wd > 2 * o:
                 # Stride 1: the input gradient is the "full" correlation of the output gradient
                 # with the flipped kernel. An im2col of g plus one matmul reads and writes far
-                # less memory than scattering a (N*OH*OW, KH*KW*C) matrix back tap by tap.
+                # less memory than scattering a (N*OH*OW, KH*KW*C) matrix back tap by tap; it
+                # pays a copy of the flipped weight, which only wins with enough pixels
+                # (N*H*W > 2*O; not for layer4 at batch 1).
                 wflip = wmat.reshape(o, kh, kw, c)[:, ::-1, ::-1, :].transpose(1, 2, 0, 3).reshape(kh * kw * o, c)
                 gcols = _im2col(_pad_nhwc(go.reshape(n, oh, ow, o), *full_pad), kh, kw, h, wd, (1, 1), (dh, dw))
                 gx = _nchw((gcols @ wflip).reshape(n, h, wd, c))

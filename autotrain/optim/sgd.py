@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..autograd.tensor import Tensor
 
 CHUNK = 32768  # elements per block of the update: p, grad, momentum and temporaries fit in L2
+PARALLEL_MIN = 1 << 20  # below this many elements, threads cost more than they save
+MAX_THREADS = 8
 
 
 def _flat(a: np.ndarray) -> np.ndarray | None:
@@ -53,6 +58,7 @@ class SGD:
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups: list[dict] = []
         self.state: list[dict] = []  # one dict per parameter position
+        self._pool: ThreadPoolExecutor | None = None  # created on the first large update
         for g in groups:
             self.add_param_group(g)
 
@@ -87,9 +93,12 @@ class SGD:
 
         The update is memory-bound (11.7M parameters for resnet18), so it runs over blocks
         of CHUNK elements: each block of p, grad and momentum is read once from memory and
-        every step of the rule above works on it while it sits in cache. Element by element
-        the arithmetic is the same, so the result is identical to the whole-array form.
+        every step of the rule above works on it while it sits in cache. Blocks are
+        independent, so a large update is spread over threads (NumPy releases the GIL in its
+        loops), as torch spreads its own over its intra-op threads. Element by element the
+        arithmetic is the same, so the result is identical to the whole-array form.
         """
+        work, total = [], 0
         for i, group, p in self._positions():
             if p.grad is None:
                 continue
@@ -104,8 +113,23 @@ class SGD:
                 views, blocks = arrays, [Ellipsis]  # memory orders differ: one whole-array block
             else:
                 blocks = [slice(s, s + CHUNK) for s in range(0, views[0].size, CHUNK)]
+            total += p.data.size
             for blk in blocks:
-                self._update(group, views[0][blk], views[1][blk], views[2][blk] if buf is not None else None, first)
+                work.append((group, views[0][blk], views[1][blk], views[2][blk] if buf is not None else None, first))
+        threads = min(os.cpu_count() or 1, MAX_THREADS)
+        if total < PARALLEL_MIN or threads == 1:
+            for item in work:
+                self._update(*item)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="autotrain-sgd")
+        share = -(-len(work) // threads)
+        list(self._pool.map(self._update_all, [work[k:k + share] for k in range(0, len(work), share)]))
+
+    @classmethod
+    def _update_all(cls, items: list) -> None:
+        for item in items:
+            cls._update(*item)
 
     @staticmethod
     def _update(group: dict, p: np.ndarray, g: np.ndarray, buf: np.ndarray | None, first: bool) -> None:
