@@ -81,6 +81,11 @@ class Result:
         """The ``error:`` lines on stderr (the CLI prints one per problem)."""
         return [line for line in self.stderr.splitlines() if line.startswith("error:")]
 
+    @property
+    def only_errors_on_stderr(self) -> bool:
+        """stderr holds the ``error:`` lines and nothing else (no warning, no traceback)."""
+        return [line for line in self.stderr.splitlines() if line.strip()] == self.errors
+
     def explain(self) -> str:
         return (f"autotrain {' '.join(self.args)}\nexit {self.returncode}\n--- stdout\n{self.stdout[-3000:]}"
                 f"\n--- stderr\n{self.stderr[-3000:]}")

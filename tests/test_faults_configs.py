@@ -84,7 +84,7 @@ def test_bad_config_exits_2_with_one_line_and_creates_nothing(name: str, outcome
     base, texts, results = outcome
     result = results[name]
     assert result.returncode == 2, result.explain()
-    assert len(result.errors) == 1, result.explain()
+    assert len(result.errors) == 1 and result.only_errors_on_stderr, result.explain()
     line = result.errors[0]
     assert line.startswith("error: config.yaml") and all(f in line for f in CASES[name][1]), line
     assert_nothing_created(base / name, texts[name])
@@ -95,7 +95,7 @@ def test_two_problems_give_two_lines(name: str, outcome) -> None:
     base, texts, results = outcome
     result = results[name]
     assert result.returncode == 2, result.explain()
-    assert len(result.errors) == len(MULTI[name][1]), result.explain()
+    assert len(result.errors) == len(MULTI[name][1]) and result.only_errors_on_stderr, result.explain()
     for fragments in MULTI[name][1]:
         assert any(line.startswith("error: config.yaml") and all(f in line for f in fragments)
                    for line in result.errors), (fragments, result.errors)

@@ -41,6 +41,7 @@ def assert_untouched_since_last_write(run: Path, log: Path) -> dict[str, str]:
 def assert_disk_full(result, run: Path, victim: str) -> None:
     assert result.returncode == 6, result.explain()
     assert result.errors == [f"error: cannot write {run / victim}: {ENOSPC_TEXT}"], result.explain()
+    assert result.only_errors_on_stderr, result.explain()
     assert temp_files(run) == [], "the temp file of the failed write must be removed"
 
 

@@ -40,6 +40,7 @@ def assert_interrupted(result, run: Path, signum: int, step: int) -> None:
     assert result.returncode == EXIT[signum], result.explain()
     last = run / "last.safetensors"
     assert result.errors == [f"error: interrupted by signal {int(signum)}; checkpoint {last}"], result.explain()
+    assert result.only_errors_on_stderr, result.explain()
     assert temp_files(run) == []
     checkpoints = check_run_folder(run)  # every file whole, hashes verified
     position = checkpoints["last.safetensors"].metadata["position"]

@@ -201,7 +201,7 @@ def outcome(tmp_path_factory):
 
 def assert_refused(result, cwd: Path, path: Path, fragment: str, before: dict[str, bytes] | None = None) -> None:
     assert result.returncode == 3, result.explain()
-    assert len(result.errors) == 1, result.explain()
+    assert len(result.errors) == 1 and result.only_errors_on_stderr, result.explain()
     line = result.errors[0]
     assert str(path) in line and fragment in line, line
     assert tree(cwd) == (before or {}), "the command wrote something"
