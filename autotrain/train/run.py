@@ -197,7 +197,8 @@ class Trainer:
             saved = config_from_dict(ckpt.metadata["config"])
         except (KeyError, ConfigError) as err:
             raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
-        differ = diff_configs(saved, self.cfg)
+        # seed decides the train/validation split and the batch order, so it is data too.
+        differ = diff_configs(saved, self.cfg, ("seed", "model", "data"))
         if differ:
             raise ConfigError(f"--resume {path}: the checkpoint's config differs in " + ", ".join(differ)
                               + "; start a new run (another output.dir) instead")
