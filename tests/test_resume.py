@@ -249,6 +249,10 @@ def test_resume_with_a_different_model_or_data_config_exits_2(reference, tmp_pat
     r = run_cli_subprocess(*train_args(out, "--resume", "auto", "--set", "data.image_size=10"))
     assert r.returncode == 2, r.stderr
     assert "data.image_size" in r.stderr and "model." not in r.stderr
+    # The seed decides the train/validation split: another seed would train on validation images.
+    r = run_cli_subprocess(*train_args(out, "--resume", "auto", "--set", "seed=1"))
+    assert r.returncode == 2, r.stderr
+    assert "differs in seed;" in r.stderr
     assert file_hashes(out) == before
 
 
