@@ -11,6 +11,7 @@ from the extension (``.safetensors`` or ``.npz``) and writes atomically.
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import zipfile
@@ -50,7 +51,39 @@ def _zip_names(data: bytes, source: str) -> list[str]:
     return [info.filename for info in infos]
 
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_claims(data: bytes, source: str) -> None:
+    """Each .npy member must hold the bytes its header claims (shape x itemsize).
+
+    numpy reserves an array of the claimed size before it reads a zip member, so a 300-byte
+    file claiming shape (2**40,) would ask for 4 TiB; the claim is checked against the
+    member's size from the zip directory first, reading only the member's header.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in _NPY_HEADER_READERS:
+                        raise WeightsError(f"{source}: tensor {name!r}: unsupported .npy format version {version}")
+                    shape, _, dtype = _NPY_HEADER_READERS[version](member)
+                    held = info.file_size - member.tell()
+                claimed = math.prod(shape) * dtype.itemsize
+                if claimed > held:
+                    raise WeightsError(f"{source}: tensor {name!r}: .npy header claims shape {shape} x {dtype} "
+                                       f"= {claimed} bytes but the entry holds {held}")
+    except WeightsError:
+        raise
+    except Exception as exc:  # bad magic or header, CRC or zlib errors, truncated entries
+        message = " ".join(str(exc).split())
+        raise WeightsError(f"{source}: corrupt .npz: {type(exc).__name__}: {message}") from None
+
+
 def _read_npz(data: bytes, source: str) -> dict[str, np.ndarray]:
+    _check_npy_claims(data, source)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             tensors = {name: np.array(npz[name]) for name in npz.files}
