@@ -226,12 +226,7 @@ DATA_ERRORS = {
 }
 
 
-NPZ_BAD_ZIP = pytest.mark.xfail(strict=True, reason="autotrain/data/npz.py does not catch zipfile.BadZipFile "
-                                 "(a file with a zip signature but a broken body): traceback and exit 1")
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=NPZ_BAD_ZIP) if c == "npz-not-a-zip" else c
-                                  for c in DATA_ERRORS])
+@pytest.mark.parametrize("case", list(DATA_ERRORS))
 def test_data_error_exits_4_naming_the_file_and_writes_nothing(tmp_path, case):
     data_root = tmp_path / "data"
     data_root.mkdir()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import zipfile
+
 import numpy as np
 
 from autotrain.data.arrays import dataset_error
@@ -96,8 +98,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
             x_raw = archive["x"]
             y_raw = archive["y"]
             names_raw = archive["class_names"] if "class_names" in archive.files else None
-    except (OSError, ValueError, EOFError) as exc:
-        # Not a zip, a corrupt member, or an object array that would need pickle.
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # Not a zip, a zip signature over a broken body, a corrupt member, or an object
+        # array that would need pickle.
         raise dataset_error(path, f"cannot read npz file ({' '.join(str(exc).split())})") from exc
     if x_raw.ndim == 0 or x_raw.shape[0] == 0:
         raise dataset_error(path, f"array 'x' has no images (shape {x_raw.shape})")
