@@ -14,9 +14,8 @@ Contract for the file (read with ``allow_pickle=False``: no code runs from it):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
