@@ -99,7 +99,7 @@ def run_cli(args: list[str], cwd: Path, faults: dict | None = None, env: dict[st
         extra[FAULTS_ENV] = json.dumps(faults)
     start = time.perf_counter()
     done = subprocess.run(cli_argv(args, faults), cwd=cwd, env=cli_env(extra), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
     return Result([str(a) for a in args], done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
 
 
@@ -129,7 +129,7 @@ def run_forked(jobs: dict[str, dict], timeout: float = 300) -> dict[str, Result]
         spec_path = os.path.join(scratch, "spec.json")
         Path(spec_path).write_text(json.dumps(spec))
         done = subprocess.run([sys.executable, str(HELPER), "--fork-server", spec_path], env=cli_env(),
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
         assert done.returncode == 0, f"fork server failed:\n{done.stdout}\n{done.stderr}"
         codes = json.loads(done.stdout)
         return {name: Result(spec[name]["args"], codes[name], Path(spec[name]["out"]).read_text(),
@@ -139,7 +139,8 @@ def run_forked(jobs: dict[str, dict], timeout: float = 300) -> dict[str, Result]
 def _fork_server(spec_path: str) -> None:
     import traceback
 
-    import autotrain.io.weights  # noqa: F401  (what the commands import lazily, imported once here)
+    # what the commands import lazily, imported once here rather than in every child
+    import autotrain.io.weights  # noqa: F401
     import autotrain.train.run  # noqa: F401
     from autotrain.cli import main
 
@@ -363,7 +364,7 @@ def assert_resumes_to_reference(run: Path, cwd: Path, reference: dict) -> Result
 
 
 def _install_signal_at_step(signum: int, step: int) -> None:
-    import autotrain.train.run as run
+    from autotrain.train import run
 
     real = run.train_step
     calls = [0]
@@ -378,7 +379,7 @@ def _install_signal_at_step(signum: int, step: int) -> None:
 
 
 def _install_signal_in_eval(signum: int) -> None:
-    import autotrain.train.run as run
+    from autotrain.train import run
 
     real = run.evaluate
     calls = [0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fault_helpers import TINY, run_forked, tree
 
 SENTINEL = "CONFIG_RAN_CODE"

@@ -15,10 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_helpers import (
+    ROOT,
+    TINY,
+    check_run_folder,
+    read_write_log,
+    run_forked,
+    sha256,
+    temp_files,
+    tree,
+)
 from PIL import Image
-
-from fault_helpers import (ROOT, TINY, check_run_folder, read_write_log, run_forked, sha256, temp_files,
-                           tree)
 
 IMAGEFOLDER = ROOT / "configs" / "imagefolder.yaml"
 SMALL = ["model.width=4", "data.image_size=8", "train.epochs=1", "schedule.warmup_epochs=0", "train.batch_size=16"]

@@ -16,9 +16,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from fault_helpers import (TINY, assert_resumes_to_reference, check_run_folder, read_write_log, run_cli, run_forked,
-                           sha256, temp_files, tiny_reference)
+from fault_helpers import (
+    TINY,
+    assert_resumes_to_reference,
+    check_run_folder,
+    read_write_log,
+    run_cli,
+    run_forked,
+    sha256,
+    temp_files,
+    tiny_reference,
+)
 
 ENOSPC_TEXT = os.strerror(28)  # "No space left on device"
 
@@ -121,14 +129,14 @@ def test_a_failed_third_save_loses_nothing(victim: str, runs) -> None:
 def mounted_tmpfs(where: Path, options: str):
     where.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                          text=True)
+                          text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
                     "the injected-ENOSPC tests cover the same paths")
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
 
 
 def pages(n: int) -> int:

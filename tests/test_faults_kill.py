@@ -20,10 +20,19 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_helpers import (
+    TINY,
+    assert_resumes_to_reference,
+    check_run_folder,
+    finish,
+    kill9,
+    start_cli,
+    temp_files,
+    tiny_reference,
+    wait_for_temp_write,
+)
 
 from autotrain.io import find_latest_valid_checkpoint, load_checkpoint
-from fault_helpers import (TINY, assert_resumes_to_reference, check_run_folder, finish, kill9, start_cli, temp_files,
-                           tiny_reference, wait_for_temp_write)
 
 DEFAULT_KILLS = 3
 FULL_KILLS = 20

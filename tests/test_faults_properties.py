@@ -22,10 +22,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_io_properties import SMALL_PTH, STATE, VALID_CHECKPOINT, damage, mutations
 
 from autotrain.errors import WeightsError
-from autotrain.io import find_latest_valid_checkpoint, load_checkpoint, load_weights, safetensors_bytes, save_checkpoint
-from test_io_properties import SMALL_PTH, STATE, VALID_CHECKPOINT, damage, mutations
+from autotrain.io import (
+    find_latest_valid_checkpoint,
+    load_checkpoint,
+    load_weights,
+    safetensors_bytes,
+    save_checkpoint,
+)
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLOATS = {"conv1.weight": STATE["conv1.weight"], "fc.bias": np.linspace(-1, 1, 7).astype(np.float64),

@@ -15,10 +15,19 @@ import signal
 from pathlib import Path
 
 import pytest
+from fault_helpers import (
+    TINY,
+    assert_resumes_to_reference,
+    check_run_folder,
+    finish,
+    run_cli,
+    start_cli,
+    temp_files,
+    tiny_reference,
+    wait_for_temp_write,
+)
 
 from autotrain.io import load_checkpoint
-from fault_helpers import (TINY, assert_resumes_to_reference, check_run_folder, finish, run_cli, start_cli,
-                           temp_files, tiny_reference, wait_for_temp_write)
 
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 STEPS_PER_EPOCH = 43  # ceil(1346 / 32) for configs/tiny.yaml

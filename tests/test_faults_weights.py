@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_helpers import ROOT, TINY, run_forked, tree
 
 from autotrain.io import safetensors_bytes
 from autotrain.models import resnet18
-from fault_helpers import ROOT, TINY, run_forked, tree
 
 WEIGHTS = ROOT / "tests" / "fixtures" / "weights"
 SENTINEL = "PWNED_SENTINEL"  # what the evil fixtures' pickles would create in the working folder
