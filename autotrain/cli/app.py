@@ -268,7 +268,11 @@ def inspect(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint writte
         trained = load_trained(str(checkpoint))
     meta = trained.checkpoint.metadata
     render.console.print(f"[bold]{escape(str(checkpoint))}[/] autotrain {meta.get('version')} sha256 {trained.checkpoint.sha256[:16]}...")
-    render.console.print(f"epoch {meta['position']['epoch']} (batch {meta['position']['batch']}), step {meta['step']}, "
+    pos = meta["position"]  # epochs done, or (mid-epoch) the 0-based epoch in progress and its batches done
+    per_epoch = (meta.get("schedule") or {}).get("steps_per_epoch", "?")
+    where = (f"in epoch {pos['epoch'] + 1} after batch {pos['batch']} of {per_epoch}" if pos["batch"]
+             else f"after epoch {pos['epoch']}")
+    render.console.print(f"{where}, step {meta['step']}, "
                          f"finished {meta.get('finished')}, best val_acc {meta.get('best_val_acc')}")
     n = sum(int(p.data.size) for p in trained.model.parameters())
     render.console.print(f"{n:,} parameters; classes {meta['class_names']}", markup=False)
