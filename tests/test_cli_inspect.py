@@ -178,7 +178,7 @@ def test_inspect_shows_position_parameters_metrics_and_config(run_dir):
     text = r.stdout
     assert f"{path} autotrain {meta['version']} sha256 {ckpt.sha256[:16]}" in text
     steps = meta["step"]
-    assert f"epoch {EPOCHS} (batch 0), step {steps}, finished True, best val_acc {meta['best_val_acc']}" in text
+    assert f"after epoch {EPOCHS}, step {steps}, finished True, best val_acc {meta['best_val_acc']}" in text
     n_params = sum(int(p.data.size) for p in load_trained(str(path)).model.parameters())
     assert n_params < sum(a.size for a in ckpt.model_state.values())  # buffers are not parameters
     assert f"{n_params:,} parameters; classes ['0', '1', '2']" in text
@@ -187,6 +187,31 @@ def test_inspect_shows_position_parameters_metrics_and_config(run_dir):
     for e, row in rows.items():
         assert float(row[3]) == pytest.approx(meta["history"][int(e) - 1]["val_acc"], abs=5e-5)
     assert (run_dir / "config.yaml").read_text() in text
+
+
+def test_inspect_mid_epoch_checkpoint_names_the_epoch_in_progress(tmp_path):
+    """SIGTERM while config.yaml is written (each write paused 0.2 s): the checkpoint holds
+    one step of epoch 1; inspect says so with the same 1-based epoch numbers as training."""
+    import signal
+    import time
+
+    from conftest import cli_popen
+
+    out = tmp_path / "run"
+    proc = cli_popen("train", TINY, "--set", f"output.dir={out}", "-q",
+                     env={"AUTOTRAIN_FAULT_WRITE_SLEEP": "0.2"})
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.glob(".config.yaml.tmp-*"))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    meta = load_checkpoint(out / "last.safetensors").metadata
+    per_epoch = meta["schedule"]["steps_per_epoch"]
+    r = cli("inspect", out / "last.safetensors")
+    assert r.exit_code == 0, r.output
+    assert f"in epoch 1 after batch 1 of {per_epoch}, step 1, finished False, best val_acc None" in r.stdout
 
 
 # --------------------------------------------------------------------------- config show
