@@ -11,8 +11,10 @@ last ``os.replace``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,12 +22,15 @@ from fault_helpers import (
     TINY,
     assert_resumes_to_reference,
     check_run_folder,
+    finish,
     read_write_log,
     run_cli,
     run_forked,
     sha256,
+    start_cli,
     temp_files,
     tiny_reference,
+    wait_for_file,
 )
 
 ENOSPC_TEXT = os.strerror(28)  # "No space left on device"
@@ -158,6 +163,32 @@ def test_real_full_tmpfs_exits_6_then_resumes_after_space_is_freed(tmp_path: Pat
         assert sorted(checkpoints) == ["best.safetensors", "epoch-1.safetensors", "last.safetensors"]
         assert checkpoints["last.safetensors"].metadata["epoch"] == 1
         subprocess.run(["mount", "-o", f"remount,size={size * 4}", str(disk)], check=True)
+        assert_resumes_to_reference(run, tmp_path, reference)
+
+
+def test_folder_turned_read_only_during_the_run_exits_6_then_resumes(tmp_path: Path, tmp_path_factory) -> None:
+    """Permissions lost mid-run (as root, chmod does not bind: the tmpfs is remounted
+    read-only once epoch 1 is saved): exit 6 naming the file, earlier files whole."""
+    reference = tiny_reference(tmp_path_factory)
+    with mounted_tmpfs(tmp_path / "disk", "size=64m") as disk:
+        run = disk / "run"
+        args = train_args(run)
+        proc = start_cli(args, cwd=tmp_path)
+        assert wait_for_file(proc, run / "epoch-1.safetensors"), finish(proc, args).explain()
+        for _ in range(500):  # EBUSY while a file is open for writing: retry until between writes
+            if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(0.002)
+        else:
+            pytest.fail("could not remount the tmpfs read-only")
+        result = finish(proc, args)
+        assert result.returncode == 6, result.explain()
+        assert len(result.errors) == 1 and result.only_errors_on_stderr, result.explain()
+        assert result.errors[0].startswith(f"error: cannot write {run}/"), result.explain()
+        assert result.errors[0].endswith(f": {os.strerror(errno.EROFS)}"), result.explain()
+        assert temp_files(run) == []
+        assert "epoch-1.safetensors" in check_run_folder(run)
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
         assert_resumes_to_reference(run, tmp_path, reference)
 
 
