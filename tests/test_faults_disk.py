@@ -133,8 +133,11 @@ def test_a_failed_third_save_loses_nothing(victim: str, runs) -> None:
 @contextlib.contextmanager
 def mounted_tmpfs(where: Path, options: str):
     where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                          text=True, check=False)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                              text=True, check=False)
+    except FileNotFoundError:
+        pytest.skip("no mount command here; the injected-ENOSPC tests cover the same paths")
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
                     "the injected-ENOSPC tests cover the same paths")
