@@ -230,12 +230,16 @@ def config_show(config: Annotated[Path, typer.Argument(help="YAML config file.")
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) written by train.")],
              set_: SetOpt = None):
     """Accuracy, per-class precision/recall and the confusion matrix on the validation split."""
-    from ..config import config_from_yaml_text, config_to_yaml
+    from ..config import config_from_yaml_text, config_to_yaml, diff_configs
     from ..train.inference import evaluate_checkpoint, load_trained
 
     with _errors():
         trained = load_trained(str(checkpoint))
         cfg = config_from_yaml_text(config_to_yaml(trained.config), str(checkpoint), set_ or [])
+        changed = diff_configs(trained.config, cfg, ("model",))
+        if changed:  # the checkpoint is the model; --set may only point it at other data
+            raise ConfigError([f"--set {f}: evaluate uses the checkpoint's model; only data.* can change"
+                               for f in changed])
         report = evaluate_checkpoint(trained, cfg)
     render.console.print(render.confusion_table(report.confusion, report.class_names, report.precision, report.recall),
                          soft_wrap=False)
