@@ -84,6 +84,11 @@ def test_evaluate_on_other_data_with_set(run_dir):
     assert m and int(m.group(1)) == round(0.5 * (info["num_train"] + info["num_val"]))
     r = cli("evaluate", run_dir / "last.safetensors", "--set", "data.image_size=three")
     assert r.exit_code == 2 and "data.image_size" in r.stderr
+    # The model is the checkpoint's: changing it is a usage error, not a traceback.
+    r = cli("evaluate", run_dir / "last.safetensors", "--set", "data.classes=[0, 1]", "--set", "model.num_classes=2")
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert "model.num_classes" in line
 
 
 @pytest.mark.parametrize("command", ["evaluate", "inspect", "predict"])
