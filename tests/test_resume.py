@@ -326,3 +326,28 @@ def test_weights_that_evaluate_to_nan_stop_the_run_with_exit_5(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "epoch 1" in lines[0], r.stderr
     assert list(out.glob("*.safetensors")) == []
+
+
+def test_mid_epoch_resume_with_augmentation_and_unfreezing_equals(tmp_path):
+    """Random crops and flips, a frozen backbone thawed at epoch 2 (0-based 1): SIGTERM in
+    epoch 2, after the thaw, resumes to the same weights and momentum as an uninterrupted run."""
+    extra = ["--set", "data.augment.crop_padding=2", "--set", "data.augment.hflip=true",
+             "--set", "finetune.freeze_backbone=true", "--set", "finetune.unfreeze_at_epoch=1"]
+    ref = tmp_path / "ref"
+    r = run_cli_subprocess(*train_args(ref, *extra, epochs=3))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "run"
+    proc = cli_popen(*train_args(out, *extra, epochs=3))
+    wait_for(lambda: (out / "epoch-1.safetensors").exists(), proc, what="epoch 1's checkpoint")
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    meta = load_checkpoint(out / "last.safetensors").metadata
+    assert meta["position"]["batch"] > 0 and meta["unfrozen"] is True, meta["position"]
+    r = run_cli_subprocess(*train_args(out, *extra, "--resume", "auto", epochs=3))
+    assert r.returncode == 0, r.stderr
+    got, want = load_checkpoint(out / "last.safetensors"), load_checkpoint(ref / "last.safetensors")
+    assert_same_arrays(got.model_state, want.model_state, "model weights")
+    assert_same_arrays(got.optimizer_state, want.optimizer_state, "optimizer state")
+    assert metrics(out) == metrics(ref)
