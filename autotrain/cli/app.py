@@ -71,10 +71,10 @@ def _config_path(config: Path) -> Path:
     from any folder after install)."""
     from ..resources import shipped_file
 
-    if Path(config).exists():
-        return Path(config)
-    shipped = shipped_file(config) or shipped_file(Path("configs") / Path(config).name)
-    return shipped or Path(config)
+    path = Path(config)
+    if path.exists() or path.parts not in ((path.name,), ("configs", path.name)):
+        return path  # a path into some other folder means that file: missing is an error
+    return shipped_file(Path("configs") / path.name) or path
 
 
 def _load(config: Path, overrides: list[str] | None):
