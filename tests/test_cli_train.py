@@ -111,6 +111,16 @@ def test_missing_config_and_bad_override_syntax_exit_2(tmp_path):
     assert tree(tmp_path) == []
 
 
+def test_a_missing_config_in_another_folder_is_not_replaced_by_a_shipped_one(tmp_path):
+    """Only a bare name or configs/<name> falls back to the shipped configs."""
+    missing = tmp_path / "experiments" / "tiny.yaml"
+    r = cli("train", missing, "--set", f"output.dir={tmp_path / 'run'}")
+    assert r.exit_code == 2 and error_lines(r) == [f"{missing}: no such file"]
+    r = cli("config", "show", missing)
+    assert r.exit_code == 2 and error_lines(r) == [f"{missing}: no such file"]
+    assert tree(tmp_path) == []
+
+
 def test_output_dir_that_is_a_file_exits_2(tmp_path):
     (tmp_path / "taken").write_text("x")
     r = cli("train", TINY, "--set", f"output.dir={tmp_path / 'taken'}")
