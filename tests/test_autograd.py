@@ -699,3 +699,16 @@ def test_same_non_leaf_used_twice_in_one_op():
     h = x * 3
     (h * h).sum().backward()  # d/dx (3x)^2 = 18 x
     np.testing.assert_array_equal(x.grad.data, [18., 36.])
+
+
+def test_second_backward_through_a_graph_that_saved_nothing_works_as_in_torch():
+    # torch raises only when a node needs saved tensors that were freed; AddBackward saves none.
+    x = at.tensor([1.0, 2.0], requires_grad=True)
+    y = (x + 1).sum()
+    y.backward()
+    y.backward()
+    np.testing.assert_array_equal(x.grad.data, [2.0, 2.0])
+    z = (x * x).sum()
+    z.backward()
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        z.backward()

@@ -112,9 +112,10 @@ class Function:
         return self.saved
 
     def release(self) -> None:
-        """Drop what forward saved; a later backward through this node raises."""
+        """Drop what forward saved. As in torch, a later backward through this node raises
+        only if it had saved arrays (an add, which saves nothing, can run again)."""
+        self.freed = any(a is not None for a in self.saved)
         self.saved = ()
-        self.freed = True
 
     # --- graph ----------------------------------------------------------------------------------
     def name(self) -> str:
