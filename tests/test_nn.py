@@ -528,3 +528,12 @@ def test_sequential_indexing_and_state_dict_names():
     np.testing.assert_array_equal(seq(x).data, seq[2](seq[1](seq[0](x))).data)
     with pytest.raises(IndexError):
         seq[3]
+
+
+def test_assigning_a_plain_tensor_over_a_parameter_raises_as_in_torch():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="weight"):
+        lin.weight = at.tensor(np.zeros((2, 2), np.float32))
+    assert isinstance(lin.weight, nn.Parameter)
+    lin.bias = None
+    assert lin.bias is None and [n for n, _ in lin.named_parameters()] == ["weight"]

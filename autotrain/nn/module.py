@@ -42,6 +42,10 @@ class Module:
             raise AttributeError("call Module.__init__() before assigning attributes")
         if isinstance(value, Parameter):
             target = self._parameters
+        elif name in self._parameters and value is not None:
+            # As torch: a plain tensor would silently drop the parameter from the optimizer.
+            raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                            "(Parameter or None expected)")
         elif isinstance(value, Module):
             target = self._modules
         elif name in self.__dict__.get("_buffer_names", ()):
