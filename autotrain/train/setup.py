@@ -36,22 +36,28 @@ class ModelSetup:
     weights_path: str | None = None
     head_replaced: bool = False
     bn_eval_modules: list[str] = field(default_factory=list)
+    thawed: list[str] = field(default_factory=list)  # frozen at first, trainable since unfreeze_all
 
     def parameter_groups(self, base_lr: float, backbone_lr_mult: float | None = None) -> list[dict]:
-        """Optimizer groups over trainable parameters, in model order (a stable position order).
+        """Optimizer groups over the trainable parameters only, each in model order.
 
-        With ``backbone_lr_mult`` the non-head parameters form their own group at a lower lr.
+        Without ``backbone_lr_mult``: one group at ``base_lr``. With it, the backbone gets a
+        second group at ``base_lr * backbone_lr_mult`` (its ``lr_mult`` key keeps the factor
+        under a schedule): the parameters thawed by :func:`unfreeze_all` when there are
+        any (what trained before keeps its lr), else every non-head parameter.
         """
         params = dict(self.model.named_parameters())
-        names = [n for n in params if n in set(self.trainable)]
+        trainable = set(self.trainable)
+        names = [n for n in params if n in trainable]
         if backbone_lr_mult is None:
             return [{"params": [params[n] for n in names], "lr": base_lr, "names": names}]
-        head = [n for n in names if _is_head(n)]
-        body = [n for n in names if not _is_head(n)]
-        groups = [{"params": [params[n] for n in head], "lr": base_lr, "names": head}]
-        if body:
-            groups.append({"params": [params[n] for n in body], "lr": base_lr * backbone_lr_mult,
-                           "names": body, "lr_mult": backbone_lr_mult})
+        slow = set(self.thawed) if self.thawed else {n for n in names if not _is_head(n)}
+        fast_names = [n for n in names if n not in slow]
+        slow_names = [n for n in names if n in slow]
+        groups = [{"params": [params[n] for n in fast_names], "lr": base_lr, "names": fast_names}]
+        if slow_names:
+            groups.append({"params": [params[n] for n in slow_names], "lr": base_lr * backbone_lr_mult,
+                           "names": slow_names, "lr_mult": backbone_lr_mult})
         return groups
 
 
@@ -64,8 +70,19 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
 
 
+def _valid_names(param_names: list[str]) -> str:
+    """Every module that holds parameters, top-level blocks first, in model order."""
+    modules = [n.rsplit(".", 1)[0] for n in param_names]
+    blocks = [n.split(".", 1)[0] for n in param_names]
+    return ", ".join(dict.fromkeys(blocks + modules))
+
+
 def frozen_names(param_names: list[str], patterns: tuple[str, ...], freeze_backbone: bool) -> list[str]:
-    """The parameter names the config freezes; ConfigError for a pattern that matches nothing."""
+    """The parameter names the config freezes, in model order.
+
+    ConfigError (exit 2) for a pattern that matches no parameter, or a freeze that leaves
+    nothing to train; both list the valid names.
+    """
     frozen = set()
     unmatched = []
     for pattern in patterns:
@@ -74,33 +91,45 @@ def frozen_names(param_names: list[str], patterns: tuple[str, ...], freeze_backb
             unmatched.append(pattern)
         frozen.update(hits)
     if unmatched:
-        blocks = sorted({n.rsplit(".", 1)[0] for n in param_names})
-        raise ConfigError([f"finetune.freeze: pattern {p!r} matches no parameter; valid names include: "
-                           + ", ".join(blocks) for p in unmatched])
+        raise ConfigError([f"finetune.freeze: pattern {p!r} matches no parameter "
+                           "(by name, prefix or glob); valid names: " + _valid_names(param_names)
+                           for p in unmatched])
     if freeze_backbone:
         frozen.update(n for n in param_names if not _is_head(n))
     ordered = [n for n in param_names if n in frozen]
     if len(ordered) == len(param_names):
-        raise ConfigError("finetune: the freeze leaves no trainable parameter; valid names: "
-                          + ", ".join(sorted({n.rsplit('.', 1)[0] for n in param_names})))
+        what = "finetune.freeze" + (" with finetune.freeze_backbone" if freeze_backbone else "")
+        raise ConfigError(f"{what} leaves no trainable parameter; keep at least one of: "
+                          + _valid_names(param_names))
     return ordered
 
 
-def _load_pretrained(model: nn.Module, path: str, num_classes: int, replace_head: bool) -> LoadReport:
-    """Load weights by name; a head whose shape changed with num_classes is expected."""
+# Missing from a file without harm: torch fills an absent counter with 0 too (files saved
+# before BatchNorm had it, such as torchvision's early ImageNet weights).
+_OPTIONAL = (".num_batches_tracked",)
+
+
+def _load_pretrained(model: nn.Module, path: str, replace_head: bool) -> LoadReport:
+    """Load weights by name into ``model``; WeightsError (exit 3) listing every key that does not fit.
+
+    With ``replace_head`` the file's fc is not used: a shape that changed with
+    ``model.num_classes`` is expected, and fc keeps its seeded initialisation.
+    """
     tensors = load_weights(path)
     state = model.state_dict()
     report = match_state_dict({k: v.shape for k, v in state.items()}, tensors)
     bad = [m for m in report.mismatched if not (replace_head and _is_head(m[0]))]
     if bad:
         listing = "; ".join(f"{k}: file {tuple(got)} vs model {tuple(exp)}" for k, exp, got in bad)
-        raise WeightsError(f"{path}: shape mismatch for {len(bad)} tensor(s) (wrong architecture?): {listing}")
-    missing_body = [k for k in report.missing if not _is_head(k)]
-    if missing_body:
-        raise WeightsError(f"{path}: missing {len(missing_body)} tensor(s) of the model: "
-                           + ", ".join(missing_body[:8]) + (" ..." if len(missing_body) > 8 else ""))
-    usable = {k: v for k, v in tensors.items() if k in state and tuple(v.shape) == tuple(state[k].shape)
-              and not (replace_head and _is_head(k))}
+        hint = (" (set finetune.replace_head: true for a new head)"
+                if all(_is_head(k) for k, *_ in bad) else " (wrong architecture? check model.width/stem/in_channels)")
+        raise WeightsError(f"{path}: shape mismatch for {len(bad)} tensor(s){hint}: {listing}")
+    needed = [k for k in report.missing if not (replace_head and _is_head(k)) and not k.endswith(_OPTIONAL)]
+    if needed:
+        raise WeightsError(f"{path}: missing {len(needed)} tensor(s) of the model "
+                           f"({len(report.loaded)} matched, {len(report.unexpected)} unexpected): "
+                           + ", ".join(needed))
+    usable = {k: tensors[k] for k in report.loaded if not (replace_head and _is_head(k))}
     model.load_state_dict(usable, strict=False)
     return report
 
@@ -116,7 +145,7 @@ def build_model(cfg: Config, config_dir: Path | None = None) -> ModelSetup:
     report, weights_path = None, None
     if m.weights:
         weights_path = resolve_weights_path(m.weights, config_dir)
-        report = _load_pretrained(model, weights_path, m.num_classes, ft.replace_head)
+        report = _load_pretrained(model, weights_path, ft.replace_head)
     names = [n for n, _ in model.named_parameters()]
     frozen = frozen_names(names, tuple(ft.freeze), ft.freeze_backbone)
     params = dict(model.named_parameters())
@@ -154,13 +183,18 @@ def set_train_mode(setup: ModelSetup) -> None:
 
 
 def unfreeze_all(setup: ModelSetup) -> list[str]:
-    """Make every frozen parameter trainable again; returns the names unfrozen."""
+    """Make every frozen parameter trainable again; returns the names unfrozen.
+
+    They are remembered in ``setup.thawed``, so :meth:`ModelSetup.parameter_groups` gives
+    them their own group; frozen BatchNorm layers go back to train mode with them.
+    """
     params = dict(setup.model.named_parameters())
     names = list(setup.frozen)
     for n in names:
         params[n].requires_grad = True
     setup.trainable = [n for n in params]
     setup.frozen = []
+    setup.thawed = [n for n in params if n in set(setup.thawed) | set(names)]
     setup.bn_eval_modules = []
     return names
 
