@@ -130,7 +130,8 @@ def _show_setup(setup, cfg) -> None:
             render.console.print(f"  expected: fc re-initialised for {cfg.model.num_classes} classes "
                                  f"({', '.join(head)} differ in shape)")
         elif setup.head_replaced:
-            render.console.print(f"  fc re-initialised from seed {cfg.seed} (finetune.replace_head)")
+            render.console.print(f"  fc re-initialised from seed {cfg.seed} (finetune.replace_head): "
+                                 "the file's fc, if any, is not used")
 
 
 @app.command()
