@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, cli_popen, run_cli_subprocess
 
 import autotrain as at
-from autotrain.config import load_config
+from autotrain.config import config_from_yaml_text, load_config
 from autotrain.errors import WeightsError
 from autotrain.io import convert, load_checkpoint, load_weights, match_state_dict, read_safetensors, save_weights
 from autotrain.resources import shipped_file
@@ -33,6 +33,13 @@ SENTINEL = "PWNED_SENTINEL"
 def expected() -> dict[str, np.ndarray]:
     with np.load(WEIGHTS / "resnet18_w8_expected.npz") as npz:
         return {k: npz[k] for k in npz.files}
+
+
+def readme_imagenet_config(*overrides: str):
+    """The ImageNet finetune config of README.md's Finetuning section, validated."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(# imagenet_finetune\.yaml.*?)```", text, re.S).group(1)
+    return config_from_yaml_text(block, "README.md", list(overrides))
 
 
 def eval_logits(model, x: np.ndarray) -> np.ndarray:
@@ -116,6 +123,21 @@ def test_width64_torchvision_layout_saved_by_torch_gives_torch_logits(tmp_path: 
         model.load_state_dict(tensors, strict=True)
         assert_state_is(model, {k: v.numpy() for k, v in net.state_dict().items()})
         assert_close_to(eval_logits(model, x.numpy()), want)
+    # README's recipe: the .pth named directly as model.weights, a 10-class head in place of fc
+    setup = build_model(readme_imagenet_config(f"model.weights={tmp_path / 'resnet18.pth'}"))
+    rep = setup.load_report
+    assert [k for k, *_ in rep.mismatched] == ["fc.weight", "fc.bias"] and not rep.missing and not rep.unexpected
+    assert setup.trainable == ["fc.weight", "fc.bias"] and setup.model.fc.weight.shape == (10, 512)
+    body = {k: v.numpy() for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state = setup.model.state_dict()
+    assert all(state[k].tobytes() == v.tobytes() for k, v in body.items())
+
+
+def test_the_readme_imagenet_recipe_is_a_valid_config() -> None:
+    cfg = readme_imagenet_config()
+    m = cfg.model
+    assert (m.width, m.stem, m.in_channels, m.num_classes, m.weights) == (64, "imagenet", 3, 10, "resnet18-f37072fd.pth")
+    assert cfg.finetune.freeze_backbone and cfg.finetune.replace_head
 
 
 # --------------------------------------------------------------------------- refused through the CLI
