@@ -23,7 +23,12 @@ from autotrain.errors import ConfigError, WeightsError
 from autotrain.io import load_checkpoint, load_weights, save_weights
 from autotrain.optim import scheduled_lr
 from autotrain.train.run import Interrupted, Trainer
-from autotrain.train.setup import build_model, parameter_table, set_train_mode, unfreeze_all
+from autotrain.train.setup import (
+    build_model,
+    parameter_table,
+    set_train_mode,
+    unfreeze_all,
+)
 
 CONFIGS = ROOT / "configs"
 FINETUNE = CONFIGS / "finetune.yaml"
@@ -62,7 +67,7 @@ def test_patterns_select_by_name_prefix_and_glob() -> None:
     setup = build_model(finetune_cfg("finetune.freeze_backbone=false", "model.weights=null", "finetune.bn=eval",
                                      'finetune.freeze=["conv1", "layer1.*", "layer4.1.bn2"]'))
     names = [n for n, _ in setup.model.named_parameters()]
-    want = [n for n in names if n == "conv1.weight" or n.startswith("layer1.") or n.startswith("layer4.1.bn2.")]
+    want = [n for n in names if n == "conv1.weight" or n.startswith(("layer1.", "layer4.1.bn2."))]
     assert setup.frozen == want and len(want) == 1 + 12 + 2
     assert setup.trainable == [n for n in names if n not in want]
     params = dict(setup.model.named_parameters())
@@ -293,7 +298,7 @@ def test_default_finetune_runs_from_any_folder_and_prints_the_setup(runs) -> Non
     folder, r = runs["pretrained"]
     assert (folder / "runs" / "finetune" / "last.safetensors").exists()
     text = r.stdout
-    table = re.search(r"parameters.*?all[^\n]*", text, re.S).group(0)
+    table = re.search(r"parameters.*?all[^\n]*", text, re.DOTALL).group(0)
     for block, total, trainable, frozen in [("conv1", "144", "0", "144"), ("layer4", "525,568", "0", "525,568"),
                                             ("fc", "645", "645", "0"), ("all", "700,533", "645", "699,888")]:
         assert re.search(rf"{block}\s*│\s*{total}\s*│\s*{trainable}\s*│\s*{frozen}\s*│", table), block
@@ -339,3 +344,17 @@ def test_finetune_options_num_classes_weights_resume_overwrite(runs, tmp_path: P
     assert "copy.npz: loaded 120, missing 0, unexpected 0, shape mismatch 2" in r.stdout
     assert "expected: fc re-initialised for 3 classes" in r.stdout
     assert load_checkpoint(tmp_path / "three" / "last.safetensors").model_state["fc.weight"].shape == (3, 128)
+
+
+def test_train_reads_the_same_finetune_section(tmp_path: Path) -> None:
+    r = run_cli_subprocess("train", "finetune.yaml", "--set", "finetune.freeze_backbone=false",
+                           "--set", 'finetune.freeze=["conv1", "layer1.*"]', "--set", f"output.dir={tmp_path / 'run'}",
+                           cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"conv1\s*│\s*144\s*│\s*0\s*│\s*144\s*│", r.stdout)
+    assert re.search(r"layer1\s*│\s*9,344\s*│\s*0\s*│\s*9,344\s*│", r.stdout)
+    assert re.search(r"layer2\s*│\s*33,088\s*│\s*33,088\s*│\s*0\s*│", r.stdout)
+    state = load_checkpoint(tmp_path / "run" / "last.safetensors").model_state
+    file = load_weights(SHIPPED)
+    assert state["conv1.weight"].tobytes() == file["conv1.weight"].tobytes()
+    assert state["layer2.0.conv1.weight"].tobytes() != file["layer2.0.conv1.weight"].tobytes()

@@ -17,7 +17,13 @@ from conftest import ROOT, cli_popen, run_cli_subprocess
 import autotrain as at
 from autotrain.config import config_from_yaml_text, load_config
 from autotrain.errors import WeightsError
-from autotrain.io import convert, load_checkpoint, load_weights, match_state_dict, read_safetensors, save_weights
+from autotrain.io import (
+    convert,
+    load_checkpoint,
+    load_weights,
+    match_state_dict,
+    read_safetensors,
+)
 from autotrain.resources import shipped_file
 from autotrain.train.run import Trainer
 from autotrain.train.setup import build_model
@@ -38,7 +44,7 @@ def expected() -> dict[str, np.ndarray]:
 def readme_imagenet_config(*overrides: str):
     """The ImageNet finetune config of README.md's Finetuning section, validated."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"```yaml\n(# imagenet_finetune\.yaml.*?)```", text, re.S).group(1)
+    block = re.search(r"```yaml\n(# imagenet_finetune\.yaml.*?)```", text, re.DOTALL).group(1)
     return config_from_yaml_text(block, "README.md", list(overrides))
 
 
