@@ -41,6 +41,7 @@ import autotrain as at  # noqa: E402
 from autotrain.memory import tune_malloc  # noqa: E402
 
 SHAPES = {"1x64": (1, 64), "16x64": (16, 64), "32x32": (32, 32), "8x224": (8, 224)}
+PAUSE_S = 0.25  # before each timed call, outside the timing (see time_pair)
 ROWS = ("forward_train", "forward_eval", "forward_backward", "step", "frozen_step")
 
 
@@ -191,6 +192,10 @@ def time_pair(fns: dict, min_reps: int, budget_s: float) -> dict:
     start = time.perf_counter()
     while True:
         for k, fn in fns.items():
+            # Both libraries' idle worker threads spin for a while after a parallel region
+            # (OpenBLAS's and torch's OpenMP pool); a short pause lets them go to sleep so
+            # that neither framework's timing pays for the other's spinning threads.
+            time.sleep(PAUSE_S)
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
@@ -203,13 +208,15 @@ def time_pair(fns: dict, min_reps: int, budget_s: float) -> dict:
 
 
 def peak_rss_mb(framework: str, batch: int = 16, size: int = 64, steps: int = 10) -> float:
-    """Peak RSS of a fresh process doing ``steps`` full steps (MB)."""
+    """Peak RSS of a fresh process doing ``steps`` full steps (MB), from /proc's VmHWM (the
+    high-water mark of the new process image; getrusage's maxrss would carry the parent's
+    peak over fork+exec)."""
     code = (
-        "import resource, sys; sys.argv=['x']; sys.path.insert(0, %r); import bench_resnet as b; "
+        "import sys; sys.argv=['x']; sys.path.insert(0, %r); import bench_resnet as b; "
         "import autotrain.memory as m; m.tune_malloc(); "
         "impl = (b.Ours if %r == 'autotrain' else b.Torch)(%d, %d); "
         "[impl.step() for _ in range(%d)]; "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)"
     ) % (str(Path(__file__).resolve().parent), framework, batch, size, steps)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     if out.returncode != 0:
@@ -249,6 +256,8 @@ def main() -> None:
     print(f"autotrain benchmark: resnet18 width 64, float32; numpy {np.__version__}; "
           f"BLAS {blas.get('library')} {blas.get('version', '')} kernel {blas.get('kernel')} "
           f"threads {blas.get('threads')}; sgemm {gemm:.0f} GFLOP/s")
+    print(f"calls alternate autotrain/torch, each after a {PAUSE_S * 1000:.0f} ms pause (idle BLAS/OpenMP "
+          "threads stop spinning); medians after 2 warm-up calls each")
     print(f"unset for this process: {header['env_unset']}; glibc malloc tuned: {tuned}; "
           f"torch: {header['torch'] or 'not installed'}"
           + (f" ({header['torch_threads']} threads)" if have_torch else ""))

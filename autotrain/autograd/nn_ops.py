@@ -123,14 +123,18 @@ class MaxPool2d(Function):
         (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
         oh, ow = _out_size(h, kh, sh, ph, 1), _out_size(w, kw, sw, pw, 1)
         xp = _pad_nhwc(_nhwc(x), ph, pw, value=-np.inf)
-        out = _tap(xp, 0, 0, oh, ow, sh, sw).copy()
-        argtap = np.zeros(out.shape, dtype=np.uint8)
-        for t in range(1, kh * kw):
-            v = _tap(xp, t // kw, t % kw, oh, ow, sh, sw)
-            better = v > out  # strict: the first maximum wins ties, as in torch
-            np.copyto(argtap, t, where=better)
+        taps = [_tap(xp, t // kw, t % kw, oh, ow, sh, sw) for t in range(kh * kw)]
+        out = taps[0].copy()
+        for v in taps[1:]:
             np.maximum(out, v, out=out)
-        ctx.save_for_backward(argtap)
+        if ctx.needs_input_grad[0]:
+            # Which tap won, only when a gradient will need it (not in eval or frozen layers).
+            # Scanning backwards, an earlier tap overwrites a later one: first maximum wins ties.
+            argtap = np.zeros(out.shape, dtype=np.uint8)
+            for t in range(kh * kw - 1, 0, -1):
+                np.copyto(argtap, t, where=taps[t] == out)
+            np.copyto(argtap, 0, where=taps[0] == out)
+            ctx.save_for_backward(argtap)
         ctx.geom = (x.shape, (kh, kw), (sh, sw), (ph, pw), (oh, ow))
         return _nchw(out)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..autograd.tensor import Tensor
 
-CHUNK = 32768  # elements per block of the update: p, grad, momentum and temporaries fit in L2
+CHUNK = 131072  # elements per block of the update (measured: 128K beats 32K and whole arrays)
 PARALLEL_MIN = 1 << 20  # below this many elements, threads cost more than they save
 MAX_THREADS = 8
 
