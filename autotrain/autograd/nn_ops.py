@@ -174,14 +174,16 @@ class BatchNorm(Function):
                 running_mean += momentum * mean
                 running_var *= 1 - momentum
                 running_var += momentum * var * (m / max(m - 1, 1))
-            xhat = xc
-            xhat *= invstd
         else:
             invstd = 1.0 / np.sqrt(running_var + eps)
-            xhat = (x2 - running_mean) * invstd
-        out = xhat * weight + bias
+            xc = x2 - running_mean
+        # y = xhat * w + b with xhat = xc * invstd folded into one per-channel scale: the
+        # (M, C) arrays are touched twice, not four times. Backward rebuilds what it needs
+        # from xc and per-channel vectors, so xhat itself is never stored.
+        out = xc * (invstd * weight)
+        out += bias
         ctx.training = training
-        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.save_for_backward(xc, invstd, weight)
         ctx.layout = (x.shape, shape4)
         if not shape4:
             return out
@@ -190,17 +192,20 @@ class BatchNorm(Function):
 
     @staticmethod
     def backward(ctx, g):
-        xhat, invstd, weight = ctx.saved
+        xc, invstd, weight = ctx.saved
         shape, shape4 = ctx.layout
         c = shape[1]
         g2 = _nhwc(g).reshape(-1, c) if shape4 else g
         gb = g2.sum(axis=0)
-        gw = np.einsum("mc,mc->c", g2, xhat)
+        gw = np.einsum("mc,mc->c", g2, xc) * invstd  # sum(g * xhat) per channel
+        scale = weight * invstd
+        gx = g2 * scale
         if ctx.training:
+            # dx = scale * (g - gb/m - xhat * gw/m), with xhat = xc * invstd: per-channel
+            # vectors times the two (M, C) arrays, then two in-place subtractions.
             m = g2.shape[0]
-            gx = (weight * invstd) * (g2 - gb / m - xhat * (gw / m))
-        else:
-            gx = g2 * (weight * invstd)
+            gx -= xc * (scale * invstd * gw / m)
+            gx -= scale * gb / m
         if shape4:
             n, _, h, w = shape
             gx = _nchw(gx.reshape(n, h, w, c))
