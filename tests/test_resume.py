@@ -253,6 +253,10 @@ def test_resume_with_a_different_model_or_data_config_exits_2(reference, tmp_pat
     r = run_cli_subprocess(*train_args(out, "--resume", "auto", "--set", "seed=1"))
     assert r.returncode == 2, r.stderr
     assert "differs in seed;" in r.stderr
+    # The batch size gives the saved batch position and global step their meaning.
+    r = run_cli_subprocess(*train_args(out, "--resume", "auto", "--set", "train.batch_size=7"))
+    assert r.returncode == 2, r.stderr
+    assert "differs in train.batch_size;" in r.stderr
     assert file_hashes(out) == before
 
 

@@ -172,7 +172,8 @@ class OutputConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    """Used by ``autotrain finetune`` only; ignored by ``train``."""
+    """What to load, freeze and replace; read by ``autotrain train`` and ``autotrain finetune``
+    alike (``finetune`` is sugar that sets some of these keys)."""
 
     freeze: StrTuple = Field((), description="parameter-name patterns, e.g. layer1.*")
     freeze_backbone: bool = Field(False, description="freeze everything but the head (fc)")

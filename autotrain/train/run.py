@@ -199,6 +199,10 @@ class Trainer:
             raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
         # seed decides the train/validation split and the batch order, so it is data too.
         differ = diff_configs(saved, self.cfg, ("seed", "model", "data"))
+        # The batch size fixes what a saved batch position and global step mean (the data
+        # order in batches, the per-step lr schedule), so a resume cannot change it either.
+        if saved.train.batch_size != self.cfg.train.batch_size:
+            differ.append("train.batch_size")
         if differ:
             raise ConfigError(f"--resume {path}: the checkpoint's config differs in " + ", ".join(differ)
                               + "; start a new run (another output.dir) instead")
