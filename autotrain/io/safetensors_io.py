@@ -209,7 +209,8 @@ def read_safetensors_bytes(data: bytes, source: str) -> tuple[dict[str, np.ndarr
     return tensors, header.metadata
 
 
-def _read_file(path: Path) -> bytes:
+def read_file_bytes(path: Path) -> bytes:
+    """The bytes of a weights file; WeightsError naming it when it is missing or unreadable."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -223,7 +224,7 @@ def _read_file(path: Path) -> bytes:
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file: ``(tensors, metadata)``; WeightsError if it is unsafe or corrupt."""
     path = Path(path)
-    return read_safetensors_bytes(_read_file(path), str(path))
+    return read_safetensors_bytes(read_file_bytes(path), str(path))
 
 
 def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

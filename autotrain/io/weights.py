@@ -24,21 +24,10 @@ import numpy as np
 from autotrain.errors import ConfigError, WeightsError
 from autotrain.io.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from autotrain.io.checkpoint import OPTIMIZER_PREFIX, atomic_write_bytes, content_sha256
-from autotrain.io.safetensors_io import read_safetensors_bytes, safetensors_bytes
+from autotrain.io.safetensors_io import read_file_bytes, read_safetensors_bytes, safetensors_bytes
 from autotrain.io.torch_pth import ZIP_MAGIC, check_zip_sizes, read_pth_legacy_bytes, read_pth_zip_bytes
 
 SAVE_FORMATS = (".safetensors", ".npz")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise WeightsError(f"{path}: is a directory, not a weights file") from None
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _zip_names(data: bytes, source: str) -> list[str]:
@@ -152,7 +141,7 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     missing, unsafe, corrupt, or holds a non-finite float.
     """
     path = Path(path)
-    tensors = _parse(_read_bytes(path), str(path), path.suffix.lower())
+    tensors = _parse(read_file_bytes(path), str(path), path.suffix.lower())
     check_finite(tensors, str(path))
     return tensors
 
