@@ -627,3 +627,32 @@ def test_augment_spec_validation() -> None:
     with pytest.raises(ValueError):
         AugmentSpec(crop_padding=-1)
     assert not AugmentSpec().active and AugmentSpec(hflip=True).active
+
+
+def test_npz_whose_header_claims_more_than_it_holds_is_refused_before_allocating(tmp_path):
+    """np.load reserves shape x itemsize before reading a member; a 2**40-element claim in a
+    tiny file must be a DatasetError naming the file, not a 4 TiB allocation."""
+    import io
+    import tracemalloc
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 8, 8), np.float32))
+    raw = buf.getvalue()
+    claim = b"(1099511627776, 8, 8)"
+    raw = raw.replace(b"(4, 8, 8)", claim).replace(b" " * (len(claim) - len(b"(4, 8, 8)")) + b"\n", b"\n", 1)
+    path = tmp_path / "hostile.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", raw)
+        labels = io.BytesIO()
+        np.save(labels, np.zeros(4, np.int64))
+        zf.writestr("y.npy", labels.getvalue())
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as err:
+            load_dataset("npz", path, 8, 1, 2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "hostile.npz" in str(err.value) and "claims" in str(err.value)
+    assert peak < 50 * 2**20

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from autotrain.data.arrays import dataset_error
+from autotrain.io.weights import npz_claim_problem
 
 _FLOAT_TOLERANCE = 1e-6
 
@@ -89,6 +90,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """
     if not path.is_file():
         raise dataset_error(path, "npz dataset file does not exist or is not a file")
+    problem = npz_claim_problem(path)
+    if problem:  # checked before np.load, which would reserve whatever a header claims
+        raise dataset_error(path, f"cannot read npz file ({problem})")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]

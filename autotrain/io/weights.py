@@ -43,36 +43,36 @@ def _zip_names(data: bytes, source: str) -> list[str]:
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _check_npy_claims(data: bytes, source: str) -> None:
-    """Each .npy member must hold the bytes its header claims (shape x itemsize).
-
-    numpy reserves an array of the claimed size before it reads a zip member, so a 300-byte
-    file claiming shape (2**40,) would ask for 4 TiB; the claim is checked against the
-    member's size from the zip directory first, reading only the member's header.
-    """
+def npz_claim_problem(archive) -> str | None:
+    """What is wrong with an .npz (a path or a file object) whose .npy members claim more bytes
+    than they hold, or None. numpy reserves an array of the claimed size before it reads a zip
+    member, so a 300-byte file claiming shape (2**40,) would ask for 4 TiB; the claim is
+    checked against the member's size from the zip directory first, reading only its header.
+    Shared by the weights and the dataset readers, which wrap the text in their own error."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
                 with zf.open(info) as member:
                     version = np.lib.format.read_magic(member)
                     if version not in _NPY_HEADER_READERS:
-                        raise WeightsError(f"{source}: tensor {name!r}: unsupported .npy format version {version}")
+                        return f"tensor {name!r}: unsupported .npy format version {version}"
                     shape, _, dtype = _NPY_HEADER_READERS[version](member)
                     held = info.file_size - member.tell()
                 claimed = math.prod(shape) * dtype.itemsize
                 if claimed > held:
-                    raise WeightsError(f"{source}: tensor {name!r}: .npy header claims shape {shape} x {dtype} "
-                                       f"= {claimed} bytes but the entry holds {held}")
-    except WeightsError:
-        raise
-    except Exception as exc:  # bad magic or header, CRC or zlib errors, truncated entries
+                    return (f"tensor {name!r}: .npy header claims shape {shape} x {dtype} "
+                            f"= {claimed} bytes but the entry holds {held}")
+    except Exception as exc:  # not a zip, bad magic or header, CRC or zlib errors, truncated entries
         message = " ".join(str(exc).split())
-        raise WeightsError(f"{source}: corrupt .npz: {type(exc).__name__}: {message}") from None
+        return f"corrupt .npz: {type(exc).__name__}: {message}"
+    return None
 
 
 def _read_npz(data: bytes, source: str) -> dict[str, np.ndarray]:
-    _check_npy_claims(data, source)
+    problem = npz_claim_problem(io.BytesIO(data))
+    if problem:
+        raise WeightsError(f"{source}: {problem}")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             tensors = {name: np.array(npz[name]) for name in npz.files}
