@@ -712,3 +712,26 @@ def test_second_backward_through_a_graph_that_saved_nothing_works_as_in_torch():
     z.backward()
     with pytest.raises(RuntimeError, match="retain_graph"):
         z.backward()
+
+
+def test_a_custom_function_returning_one_array_for_two_inputs_does_not_alias_grads():
+    """A leaf may keep a fresh gradient without a copy, but not one that is also on its way
+    to another node: later accumulation into the leaf would change that other gradient."""
+
+    class Twice(Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            return 2 * (a + b)
+
+        @staticmethod
+        def backward(ctx, g):
+            h = 2 * g
+            return h, h
+
+    a = at.tensor([1.0, 2.0], requires_grad=True)
+    c = at.tensor([3.0, 4.0], requires_grad=True)
+    b = c * 1.0
+    loss = (a * b).sum() + Twice.apply(a, b).sum()
+    loss.backward()
+    np.testing.assert_array_equal(a.grad.data, [3.0 + 2.0, 4.0 + 2.0])
+    np.testing.assert_array_equal(c.grad.data, [1.0 + 2.0, 2.0 + 2.0])

@@ -355,3 +355,27 @@ def test_mid_epoch_resume_with_augmentation_and_unfreezing_equals(tmp_path):
     assert_same_arrays(got.model_state, want.model_state, "model weights")
     assert_same_arrays(got.optimizer_state, want.optimizer_state, "optimizer state")
     assert metrics(out) == metrics(ref)
+
+
+def test_resume_with_other_freeze_settings_exits_2(reference, tmp_path):
+    # What is frozen decides which parameters the saved momentum buffers belong to.
+    out = copy_run(reference, tmp_path)
+    before = file_hashes(out)
+    r = run_cli_subprocess(*train_args(out, "--resume", str(out / "epoch-3.safetensors"),
+                                       "--set", "finetune.freeze_backbone=true"))
+    assert r.returncode == 2, r.stderr
+    assert "finetune.freeze_backbone" in r.stderr
+    assert file_hashes(out) == before
+
+
+def test_resume_takes_optimizer_hyper_parameters_from_the_config(reference, tmp_path):
+    # The config (and config.yaml, and new checkpoints) say momentum 0.5: the optimizer must use it.
+    out = copy_run(reference, tmp_path)
+    r = run_cli_subprocess(*train_args(out, "--resume", str(out / "epoch-3.safetensors"),
+                                       "--set", "optimizer.momentum=0.5"))
+    assert r.returncode == 0, r.stderr
+    groups = load_checkpoint(out / "last.safetensors").metadata["optimizer_groups"]
+    assert [g["momentum"] for g in groups] == [0.5]
+    ref = load_checkpoint(reference / "last.safetensors").model_state
+    got = load_checkpoint(out / "last.safetensors").model_state
+    assert any(not np.array_equal(got[k], ref[k]) for k in ref)  # the last epoch really changed

@@ -168,7 +168,7 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     return grad
 
 
-def _topological_order(root: Function) -> tuple[list[Function], dict]:
+def _topological_order(root: Function) -> dict:
     """Count, for every node reachable from ``root``, how many edges lead into it.
 
     Iterative (no recursion limit on a chain of 10,000 ops); parents are walked in tuple
@@ -208,7 +208,7 @@ def run_backward(root: Function, grad: np.ndarray, retain_graph: bool = False) -
         saved = [a for a in node.saved if isinstance(a, np.ndarray)]
         if not retain_graph:
             node.release()
-        for parent, gi, shape in zip(node.parents, in_grads, node.input_shapes):
+        for k, (parent, gi, shape) in enumerate(zip(node.parents, in_grads, node.input_shapes)):
             if parent is None:
                 continue
             if gi is not None:
@@ -224,15 +224,18 @@ def run_backward(root: Function, grad: np.ndarray, retain_graph: bool = False) -
                     else:
                         _skip_subgraph(parent, deps, pending, ready, retain_graph)
             elif gi is not None:
-                parent._accumulate_grad(gi, owned=_is_fresh(gi, [g, parent.data] + saved + handed))
+                siblings = [x for j, x in enumerate(in_grads) if j != k and isinstance(x, np.ndarray)]
+                alive = [g, parent.data] + saved + handed + siblings + list(pending.values())
+                parent._accumulate_grad(gi, owned=_is_fresh(gi, alive))
                 handed.append(gi)
 
 
 def _is_fresh(gi: np.ndarray, others: list) -> bool:
     """Whether a leaf may keep ``gi`` as its ``.grad`` without a copy: it must be writeable and
     share memory with nothing else alive (the node's incoming gradient, the leaf's data, the
-    node's saved arrays, or arrays already given to other leaves). Saving that copy matters:
-    it is one pass over every parameter per step."""
+    node's saved arrays, its other returned gradients, gradients waiting for other nodes, or
+    arrays already given to other leaves). Saving that copy matters: it is one pass over
+    every parameter per step."""
     if not gi.flags.writeable:
         return False
     return not any(np.may_share_memory(gi, o) for o in others)

@@ -120,7 +120,10 @@ def _optimizer_tensors(opt: SGD, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _load_optimizer(opt: SGD, tensors: dict[str, np.ndarray], names: list[str], groups: list[dict]) -> None:
+def _load_optimizer(opt: SGD, tensors: dict[str, np.ndarray], names: list[str], source: Path) -> None:
+    """Momentum buffers from a checkpoint, by parameter name. The hyper-parameters stay those
+    of the current config (lr is rescheduled every step anyway), so a resumed run uses what
+    its config.yaml and new checkpoints record."""
     state = {}
     for i, n in enumerate(names):
         buf = tensors.get(f"momentum_buffer.{n}")
@@ -128,12 +131,22 @@ def _load_optimizer(opt: SGD, tensors: dict[str, np.ndarray], names: list[str], 
             state[i] = {"momentum_buffer": buf}
     unknown = set(tensors) - {f"momentum_buffer.{n}" for n in names}
     if unknown:
-        raise WeightsError(f"optimizer state names parameters the model does not train: {sorted(unknown)[:5]}")
-    opt.load_state_dict({"state": state, "param_groups": groups})
+        raise WeightsError(f"{source}: optimizer state names parameters the model does not train: "
+                           + ", ".join(sorted(unknown)[:5]))
+    try:
+        opt.load_state_dict({"state": state, "param_groups": _optimizer_groups_meta(opt)})
+    except ValueError as err:
+        raise WeightsError(f"{source}: optimizer state does not fit the model: {err}") from None
 
 
 def _optimizer_groups_meta(opt: SGD) -> list[dict]:
-    return [{k: v for k, v in g.items()} for g in opt.state_dict()["param_groups"]]
+    """Each group's hyper-parameters and parameter positions (no buffers copied)."""
+    groups, start = [], 0
+    for g in opt.param_groups:
+        n = len(g["params"])
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(start, start + n))})
+        start += n
+    return groups
 
 
 def _metrics_csv(history: list[dict]) -> bytes:
@@ -198,7 +211,8 @@ class Trainer:
         except (KeyError, ConfigError) as err:
             raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
         # seed decides the train/validation split and the batch order, so it is data too.
-        differ = diff_configs(saved, self.cfg, ("seed", "model", "data"))
+        # What is frozen and when it thaws decides which parameters the optimizer state is for.
+        differ = diff_configs(saved, self.cfg, ("seed", "model", "data", "finetune"))
         # The batch size fixes what a saved batch position and global step mean (the data
         # order in batches, the per-step lr schedule), so a resume cannot change it either.
         if saved.train.batch_size != self.cfg.train.batch_size:
@@ -237,8 +251,7 @@ class Trainer:
         self.unfrozen = unfrozen
         self.optimizer = self._make_optimizer()
         if resumed is not None:
-            _load_optimizer(self.optimizer, resumed[1].optimizer_state, self._trainable_names(),
-                            resumed[1].metadata["optimizer_groups"])
+            _load_optimizer(self.optimizer, resumed[1].optimizer_state, self._trainable_names(), resumed[0])
 
     def _trainable_names(self) -> list[str]:
         return [n for g in self.optimizer.param_groups for n in g["names"]]
