@@ -286,14 +286,22 @@ class Trainer:
             "data_info": self.data.info,
         }
 
+    def _checked_state(self) -> tuple[dict, dict]:
+        """Model and optimizer arrays to save; NumericalError if any float among them is NaN/Inf
+        (parameters, BatchNorm statistics and momentum buffers alike), so none is ever written."""
+        model = self.setup.model.state_dict()
+        optim = _optimizer_tensors(self.optimizer, self._trainable_names())
+        for kind, tensors in (("model", model), ("optimizer", optim)):
+            for n, a in tensors.items():
+                if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+                    raise NumericalError(f"{kind} tensor {n} holds NaN/Inf at global step "
+                                         f"{self.position['step']}; no checkpoint written")
+        return model, optim
+
     def _save(self, name: str, finished: bool = False) -> Path:
-        for n, p in self.setup.model.named_parameters():
-            if not np.all(np.isfinite(p.data)):
-                raise NumericalError(f"parameter {n} holds NaN/Inf at global step {self.position['step']}; "
-                                     "no checkpoint written")
+        model, optim = self._checked_state()
         path = self.out / name
-        save_checkpoint(path, self.setup.model.state_dict(),
-                        _optimizer_tensors(self.optimizer, self._trainable_names()), self._metadata(finished))
+        save_checkpoint(path, model, optim, self._metadata(finished))
         self.reporter.on_checkpoint(str(path))
         return path
 
@@ -392,6 +400,7 @@ class Trainer:
 
     def _end_epoch(self, row: dict) -> None:
         cfg, pos = self.cfg, self.position
+        self._checked_state()  # a non-finite epoch leaves no trace: not even its metrics row
         self.history.append(row)
         pos.update(epoch=row["epoch"], batch=0)
         self.sums = EpochSums()

@@ -1,0 +1,27 @@
+"""A run never writes a checkpoint (or a metrics row) holding NaN/Inf in any tensor, including
+BatchNorm statistics, which the loss may not reveal (normalisation hides them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import autotrain.train.run as run_module
+from autotrain.config import load_config
+from autotrain.errors import NumericalError
+from conftest import ROOT
+
+
+def test_inf_running_var_stops_before_any_checkpoint(tmp_path, monkeypatch):
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={tmp_path / 'run'}", "train.epochs=1"])
+    real_evaluate = run_module.evaluate
+
+    def corrupting_evaluate(model, loader):
+        model.layer1[0].bn1.running_var.data[0] = np.inf
+        return real_evaluate(model, loader)
+
+    monkeypatch.setattr(run_module, "evaluate", corrupting_evaluate)
+    with pytest.raises(NumericalError, match="layer1.0.bn1.running_var"):
+        run_module.train(cfg)
+    written = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert written == ["config.yaml"]
