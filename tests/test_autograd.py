@@ -735,3 +735,21 @@ def test_a_custom_function_returning_one_array_for_two_inputs_does_not_alias_gra
     loss.backward()
     np.testing.assert_array_equal(a.grad.data, [3.0 + 2.0, 4.0 + 2.0])
     np.testing.assert_array_equal(c.grad.data, [1.0 + 2.0, 2.0 + 2.0])
+
+
+def test_gradcheck_names_the_worst_element_over_all_inputs():
+    class OffBy(Function):
+        """d/da is 1% off, d/db is 100x off: the error must name b."""
+
+        @staticmethod
+        def forward(ctx, a, b):
+            return a + b
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.01, g * 100.0
+
+    a = at.tensor(np.ones(3), requires_grad=True)
+    b = at.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(GradcheckError, match="input 1"):
+        gradcheck(lambda a, b: OffBy.apply(a, b), (a, b))
