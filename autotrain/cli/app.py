@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..errors import AutotrainError, ConfigError
+from ..errors import AutotrainError, ConfigError, OutputError
 from . import render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,6 +45,14 @@ def _errors():
         yield
     except AutotrainError as err:
         _fail(err)
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write a report the user asked for; exit 2 naming it when it cannot be written."""
+    try:
+        path.write_text(text)
+    except OSError as err:
+        _fail(ConfigError(f"{path}: cannot write it ({err.strerror or err})"))
 
 
 @contextmanager
@@ -180,8 +189,9 @@ def gradcheck(op: Annotated[Optional[list[str]], typer.Option("--op", help="Case
     for r in failed:
         render.err_console.print(f"[red]FAIL[/] {escape(r.name)}: {escape(str(r.worst))}", highlight=False)
     if json_path is not None:
-        json_path.write_text(json.dumps({"eps": eps, "atol": atol, "rtol": rtol, "seed": seed,
-                                         "cases": [r.as_dict() for r in results]}, indent=2))
+        report = json.dumps({"eps": eps, "atol": atol, "rtol": rtol, "seed": seed,
+                             "cases": [r.as_dict() for r in results]}, indent=2)
+        _write_output(json_path, report)
     render.console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed "
                          f"in {time.perf_counter() - start:.1f} s")
     raise typer.Exit(1 if failed else 0)
@@ -207,13 +217,17 @@ def graph(output: Annotated[Path, typer.Option("--output", "-o", help=".dot, .sv
         b = tensor([6.0, 4.0], requires_grad=True)
         q = 3 * a ** 3 - b ** 2
         dot = to_dot(q, {a: "a", b: "b"}, "Q")
+    if not output.parent.is_dir():
+        _fail(ConfigError(f"--output {output}: folder {output.parent} does not exist"))
     try:
         written = render_graph(dot, output)
-    except FileNotFoundError as err:
+    except FileNotFoundError as err:  # Graphviz's dot is not installed: write the DOT text
         fallback = output.with_suffix(".dot")
-        render_graph(dot, fallback)
+        _write_output(fallback, dot + "\n")
         render.err_console.print(f"{err}; wrote DOT to {fallback} instead", markup=False)
         raise typer.Exit(0)
+    except (OSError, subprocess.CalledProcessError) as err:
+        _fail(OutputError(f"--output {output}: cannot write it ({err})"))
     render.console.print(f"wrote {written}", markup=False)
 
 
@@ -237,9 +251,11 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.saf
     with _errors():
         trained = load_trained(str(checkpoint))
         cfg = config_from_yaml_text(config_to_yaml(trained.config), str(checkpoint), set_ or [])
-        changed = diff_configs(trained.config, cfg, ("model",))
-        if changed:  # the checkpoint is the model; --set may only point it at other data
-            raise ConfigError([f"--set {f}: evaluate uses the checkpoint's model; only data.* can change"
+        # The checkpoint is the model, and its seed made the train/validation split: --set may
+        # only point it at other data (another seed would evaluate on training images).
+        changed = diff_configs(trained.config, cfg, ("seed", "model"))
+        if changed:
+            raise ConfigError([f"--set {f}: evaluate uses the checkpoint's model and seed; only data.* can change"
                                for f in changed])
         report = evaluate_checkpoint(trained, cfg)
     render.console.print(render.confusion_table(report.confusion, report.class_names, report.precision, report.recall),
