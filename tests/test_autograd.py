@@ -753,3 +753,34 @@ def test_gradcheck_names_the_worst_element_over_all_inputs():
     b = at.tensor(np.ones(3), requires_grad=True)
     with pytest.raises(GradcheckError, match="input 1"):
         gradcheck(lambda a, b: OffBy.apply(a, b), (a, b))
+
+
+def test_repr_prints_floats_as_torch_does():
+    assert repr(at.tensor([0.1, 0.25])) == "tensor([0.1000, 0.2500])"
+    assert repr(at.tensor(3.14159)) == "tensor(3.1416)"
+    assert repr(at.tensor([1e-5, 1.0])) == "tensor([1.0000e-05, 1.0000e+00])"
+    assert repr(at.tensor([2.0, 3.0])) == "tensor([2., 3.])"
+
+
+def test_pow_edge_cases_match_torch():
+    a = at.tensor([0.0, 2.0], requires_grad=True)
+    (a ** 0).sum().backward()
+    np.testing.assert_array_equal(a.grad.data, [0.0, 0.0])  # not nan at a = 0
+    base = at.tensor([-2.0, 3.0], requires_grad=True)
+    expo = at.tensor([2.0, 2.0], requires_grad=True)
+    y = base ** expo
+    np.testing.assert_array_equal(y.data, [4.0, 9.0])  # a negative base is fine in forward
+    y.sum().backward()
+    np.testing.assert_allclose(base.grad.data, [-4.0, 6.0])
+    assert np.isnan(expo.grad.data[0]) and np.isclose(expo.grad.data[1], 9 * np.log(3))
+    c = at.tensor([1.0, 2.0], requires_grad=True)
+    z = 2 ** c
+    z.sum().backward()
+    np.testing.assert_allclose(z.data, [2.0, 4.0])
+    np.testing.assert_allclose(c.grad.data, [2 * np.log(2), 4 * np.log(2)], rtol=1e-6)
+
+
+def test_tensor_exponent_gradcheck():
+    a = at.tensor(np.array([0.5, 1.5, 2.0]), requires_grad=True)
+    b = at.tensor(np.array([1.5, -0.5, 2.5]), requires_grad=True)
+    assert gradcheck(lambda a, b: a ** b, (a, b))

@@ -118,8 +118,10 @@ class Function:
         self.saved = ()
 
     # --- graph ----------------------------------------------------------------------------------
+    backward_name: str | None = None  # torch's name when it is not <Class>Backward0
+
     def name(self) -> str:
-        return f"{type(self).__name__}Backward0"
+        return self.backward_name or f"{type(self).__name__}Backward0"
 
     def __repr__(self) -> str:
         return f"<{self.name()}>"

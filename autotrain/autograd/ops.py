@@ -82,7 +82,33 @@ class Pow(Function):
     def backward(ctx, g):
         (a,) = ctx.saved
         n = ctx.exponent
+        if n == 0:  # d(a^0)/da = 0 everywhere, also at a = 0 where n * a^-1 would be nan
+            return (np.zeros_like(g),)
         return (g * (n * a ** (n - 1)).astype(a.dtype, copy=False),)
+
+
+class PowTensor(Function):
+    """``a ** b`` with both operands tensors (b broadcast like any binary op)."""
+
+    backward_name = "PowBackward1"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        out = np.power(a, b)
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = g * np.where(b == 0, 0, b * np.power(a, b - 1))
+        if ctx.needs_input_grad[1]:
+            # As torch: the gradient in b is defined as 0 where a == 0 and b >= 0.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gb = g * np.where((a == 0) & (b >= 0), 0, out * np.log(a))
+        return ga, gb
 
 
 class Exp(Function):

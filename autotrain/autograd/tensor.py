@@ -167,10 +167,7 @@ class Tensor:
         return ops.Cast.apply(self, dtype=np.dtype(dtype))
 
     def __repr__(self) -> str:
-        # torch pads True to the width of False only when a False is present.
-        width = 5 if self.dtype == np.bool_ and not self.data.all() else 4
-        body = np.array2string(self.data, separator=", ", prefix="tensor(",
-                               formatter={"bool": lambda v: str(v).rjust(width)})
+        body = np.array2string(self.data, separator=", ", prefix="tensor(", formatter=_formatter(self.data))
         extras = []
         if self.dtype not in _DEFAULT_DTYPES:
             extras.append(f"dtype={self.dtype}")
@@ -204,11 +201,11 @@ class Tensor:
 
     def __pow__(self, exponent):
         if isinstance(exponent, Tensor):
-            return (exponent * self.log()).exp()  # a ** b = exp(b log a), for a > 0
+            return ops.PowTensor.apply(self, exponent)
         return ops.Pow.apply(self, exponent=exponent)
 
     def __rpow__(self, base):
-        return (self * float(np.log(base))).exp()
+        return ops.PowTensor.apply(self._other(base), self)
 
     def pow(self, exponent): return self ** exponent
     def exp(self): return ops.Exp.apply(self)
@@ -268,6 +265,25 @@ class Tensor:
     @property
     def T(self) -> "Tensor":
         return self.permute(tuple(reversed(range(self.ndim))))
+
+
+def _formatter(a: np.ndarray) -> dict:
+    """torch's print style. Bools: True padded to the width of False only when a False is
+    present. Floats: whole values as ``2.`` (NumPy's own style), others with 4 decimals, or
+    scientific notation when magnitudes span more than 1000x or leave [1e-4, 1e8)."""
+    width = 5 if a.dtype == np.bool_ and not a.all() else 4
+    fmt: dict = {"bool": lambda v: str(v).rjust(width)}
+    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+        return fmt
+    finite = np.abs(a[np.isfinite(a)])
+    if finite.size == 0 or (np.all(finite == np.round(finite)) and finite.max() < 1e8):
+        return fmt
+    nonzero = finite[finite > 0]
+    if nonzero.size and (nonzero.max() / nonzero.min() > 1000 or nonzero.max() >= 1e8 or nonzero.min() < 1e-4):
+        fmt["float_kind"] = lambda v: f"{v:.4e}"
+    else:
+        fmt["float_kind"] = lambda v: f"{v:.4f}"
+    return fmt
 
 
 def _index(index):
