@@ -138,6 +138,8 @@ def all_cases() -> list[Case]:
         _case_binary("div", lambda a, b: a / b, (3, 4), (4,), positive_b=True),
         unary("pow", lambda a: a ** 3, (3, 4)),
         unary("pow_fractional", lambda a: a ** 1.5, (3, 4), lambda r, *s: Tensor(r.uniform(0.5, 2, s), requires_grad=True)),
+        Case("pow_tensor", _simple(lambda a, b: a ** b, [(3, 4), (4,)],
+                                   lambda r, *s: Tensor(r.uniform(0.5, 2, s), requires_grad=True))),
         unary("neg", lambda a: -a, (3, 4)),
         unary("exp", lambda a: a.exp(), (3, 4)),
         unary("log", lambda a: a.log(), (3, 4), lambda r, *s: Tensor(r.uniform(0.5, 2, s), requires_grad=True)),

@@ -130,7 +130,7 @@ class MaxPool2d(Function):
         if ctx.needs_input_grad[0]:
             # Which tap won, only when a gradient will need it (not in eval or frozen layers).
             # Scanning backwards, an earlier tap overwrites a later one: first maximum wins ties.
-            argtap = np.zeros(out.shape, dtype=np.uint8)
+            argtap = np.zeros(out.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32)
             for t in range(kh * kw - 1, 0, -1):
                 np.copyto(argtap, t, where=taps[t] == out)
             np.copyto(argtap, 0, where=taps[0] == out)
