@@ -283,7 +283,9 @@ def rotate_checkpoints(run_dir: str | os.PathLike[str], keep_last: int) -> list[
     return doomed
 
 
-def _step_of(path: Path) -> int | None:
+def saved_step(path: str | os.PathLike[str]) -> int | None:
+    """The integer ``step`` in a checkpoint's header (read cheaply, no hash check); None when
+    the file is missing, unreadable or holds no integer step."""
     try:
         step = json.loads(read_safetensors_metadata(path).get("step", "null"))
     except (WeightsError, ValueError, RecursionError):
@@ -306,7 +308,7 @@ def find_latest_valid_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None
         candidates.append(run_dir / LAST_NAME)
     ranked = []
     for path in candidates:
-        step = _step_of(path)
+        step = saved_step(path)
         if step is not None:
             ranked.append((step, path.name == LAST_NAME, path))
     for _, _, path in sorted(ranked, key=lambda r: (r[0], r[1]), reverse=True):

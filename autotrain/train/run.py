@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,11 +26,10 @@ from ..data import AugmentSpec, BatchLoader, DatasetSplits, load_dataset
 from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
 from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files,
                              epoch_checkpoint_name, find_latest_valid_checkpoint, load_checkpoint,
-                             rotate_checkpoints, save_checkpoint)
-from ..io.safetensors_io import read_safetensors_metadata
+                             rotate_checkpoints, save_checkpoint, saved_step)
 from ..optim import SGD, scheduled_lr
 from .loop import EpochSums, Reporter, evaluate, train_step
-from .setup import ModelSetup, build_model, set_train_mode, unfreeze_all
+from .setup import build_model, set_train_mode, unfreeze_all
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
 RUN_FILES = ("config.yaml", "metrics.csv", LAST_NAME, BEST_NAME)
@@ -156,14 +154,6 @@ def _metrics_csv(history: list[dict]) -> bytes:
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
     return buf.getvalue().encode()
-
-
-def _saved_step(path: Path) -> int | None:
-    """The ``step`` recorded in a checkpoint's header; None if it is missing or unreadable."""
-    try:
-        return json.loads(read_safetensors_metadata(path).get("step", "null"))
-    except (WeightsError, ValueError, RecursionError):
-        return None
 
 
 def _epoch_wrote_best(history: list[dict], finished: bool) -> bool:
@@ -320,9 +310,9 @@ class Trainer:
         if position.get("batch") != 0 or not position.get("epoch") or path.resolve().parent != self.out.resolve():
             return
         step = meta.get("step")
-        stale = [LAST_NAME] if _saved_step(self.out / LAST_NAME) != step else []
+        stale = [LAST_NAME] if saved_step(self.out / LAST_NAME) != step else []
         if _epoch_wrote_best(meta.get("history") or [], bool(meta.get("finished"))) \
-                and _saved_step(self.out / BEST_NAME) != step:
+                and saved_step(self.out / BEST_NAME) != step:
             stale.append(BEST_NAME)
         if stale:
             data = path.read_bytes()
