@@ -208,11 +208,22 @@ def save_checkpoint(
     into numbers and lists; tuples come back as lists). ValueError/TypeError for caller
     errors (a reserved key, a non-array tensor); OutputError if the write fails.
     """
+    data, digest = encode_checkpoint(model_state, optimizer_state, metadata)
+    atomic_write_bytes(path, data)
+    return digest
+
+
+def encode_checkpoint(
+    model_state: Mapping[str, np.ndarray],
+    optimizer_state: Mapping[str, np.ndarray],
+    metadata: Mapping[str, Any],
+) -> tuple[bytes, str]:
+    """The bytes of a checkpoint file and its content sha256, for writing with
+    :func:`atomic_write_bytes` (once encoded, the same bytes can go to several names)."""
     tensors = _checkpoint_tensors(model_state, optimizer_state)
     meta = _encode_metadata(metadata)
     meta["sha256"] = content_sha256(tensors, meta)
-    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
-    return meta["sha256"]
+    return safetensors_bytes(tensors, meta), meta["sha256"]
 
 
 def _decode_metadata(meta: Mapping[str, str], source: str) -> dict[str, Any]:

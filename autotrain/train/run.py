@@ -24,9 +24,9 @@ from .. import __version__
 from ..config import Config, config_from_dict, config_to_dict, config_to_yaml, diff_configs
 from ..data import AugmentSpec, BatchLoader, DatasetSplits, load_dataset
 from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
-from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files,
+from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files, encode_checkpoint,
                              epoch_checkpoint_name, find_latest_valid_checkpoint, load_checkpoint,
-                             rotate_checkpoints, save_checkpoint, saved_step)
+                             rotate_checkpoints, saved_step)
 from ..optim import SGD, scheduled_lr
 from .loop import EpochSums, Reporter, evaluate, train_step
 from .setup import build_model, set_train_mode, unfreeze_all
@@ -288,11 +288,15 @@ class Trainer:
                                          f"{self.position['step']}; no checkpoint written")
         return model, optim
 
-    def _save(self, name: str, finished: bool = False) -> Path:
+    def _save(self, names: list[str], finished: bool = False) -> Path:
+        """Write one checkpoint under each of ``names`` (encoded and hashed once), atomically
+        and in order; returns the last path."""
         model, optim = self._checked_state()
-        path = self.out / name
-        save_checkpoint(path, model, optim, self._metadata(finished))
-        self.reporter.on_checkpoint(str(path))
+        data, _ = encode_checkpoint(model, optim, self._metadata(finished))
+        for name in names:
+            path = self.out / name
+            atomic_write_bytes(path, data)
+            self.reporter.on_checkpoint(str(path))
         return path
 
     def _repair_epoch_end(self, path: Path, ckpt) -> None:
@@ -322,7 +326,7 @@ class Trainer:
         rotate_checkpoints(self.out, self.cfg.output.keep_last)
 
     def _interrupt(self, signum: int) -> None:
-        path = self._save(LAST_NAME)
+        path = self._save([LAST_NAME])
         raise Interrupted(signum, str(path))
 
     # -- the loop -----------------------------------------------------------------------------
@@ -399,13 +403,15 @@ class Trainer:
         if improved:
             self.best = row["val_acc"]
         atomic_write_bytes(self.out / "metrics.csv", _metrics_csv(self.history))
-        if cfg.output.keep_last > 0:
-            self._save(epoch_checkpoint_name(row["epoch"]), finished)
-        last = self._save(LAST_NAME, finished)
+        # epoch-N, last and best of one epoch hold the same bytes: encoded once, written in
+        # this order (resume's repair of a cut-short epoch end relies on it).
+        names = [epoch_checkpoint_name(row["epoch"])] if cfg.output.keep_last > 0 else []
+        names.append(LAST_NAME)
         if improved or (self.val_loader is None and finished):
-            self._save(BEST_NAME, finished)
+            names.append(BEST_NAME)
+        self._save(names, finished)
         rotate_checkpoints(self.out, cfg.output.keep_last)
-        self.last_path = last
+        self.last_path = self.out / LAST_NAME
         self.reporter.on_epoch_end(row)
 
     def run(self) -> RunResult:
