@@ -313,3 +313,13 @@ def test_large_update_in_blocks_and_threads_equals_whole_array_rule():
             ref[k] = ref[k] - np.float32(0.05) * d
         for p, r in zip(params, ref):
             np.testing.assert_array_equal(p.data, r)
+
+
+def test_a_parameter_in_two_groups_or_a_state_past_the_end_is_refused():
+    p, q = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        at.optim.SGD([{"params": [p]}, {"params": [q, p]}], lr=0.1)
+    opt = at.optim.SGD([p], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="position 3"):
+        opt.load_state_dict({"state": {3: {"momentum_buffer": np.zeros(2)}},
+                             "param_groups": opt.state_dict()["param_groups"]})

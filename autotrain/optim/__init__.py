@@ -1,8 +1,6 @@
 """Optimizers and learning-rate schedules."""
 
+from .lr_scheduler import scheduled_lr
 from .sgd import SGD
 
-__all__ = ["SGD"]
-from .lr_scheduler import scheduled_lr  # noqa: E402
-
-__all__ += ["scheduled_lr"]
+__all__ = ["SGD", "scheduled_lr"]

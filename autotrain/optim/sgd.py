@@ -65,9 +65,13 @@ class SGD:
     def add_param_group(self, group: dict) -> None:
         group = dict(group)
         group["params"] = list(group["params"])
+        seen = {id(q) for g in self.param_groups for q in g["params"]}
         for p in group["params"]:
             if not isinstance(p, Tensor) or not p.is_leaf:
                 raise ValueError("optimizer can only optimize leaf Tensors")
+            if id(p) in seen:  # as torch: one parameter, one state, one group
+                raise ValueError("some parameters appear in more than one parameter group")
+            seen.add(id(p))
         for k, v in self.defaults.items():
             group.setdefault(k, v)
         self.param_groups.append(group)
@@ -167,6 +171,8 @@ class SGD:
         params = [p for _, _, p in self._positions()]
         for i, s in state_dict["state"].items():
             i = int(i)
+            if not 0 <= i < len(params):
+                raise ValueError(f"optimizer state for parameter position {i}, but there are {len(params)}")
             for k, v in s.items():
                 if np.shape(v) != params[i].shape:
                     raise ValueError(f"optimizer state {i}.{k} has shape {np.shape(v)}, parameter has {params[i].shape}")
