@@ -197,7 +197,7 @@ def test_replacing_fc_re_registers_it():
     assert list(sd) == [k for k, _ in torchvision_resnet18_layout(width=4, num_classes=10, stem_kernel=3)]
     params = list(model.parameters())
     assert any(p is model.fc.weight for p in params) and not any(p is old.weight for p in params)
-    assert model(at.rand(1, 3, 8, 8)).shape == (1, 10)
+    assert model(at.rand(2, 3, 8, 8)).shape == (2, 10)  # batch 2: BatchNorm needs 2 values at 1x1
 
 
 def test_replacing_a_module_keeps_its_place_in_the_state_dict():
@@ -537,3 +537,11 @@ def test_assigning_a_plain_tensor_over_a_parameter_raises_as_in_torch():
     assert isinstance(lin.weight, nn.Parameter)
     lin.bias = None
     assert lin.bias is None and [n for n, _ in lin.named_parameters()] == ["weight"]
+
+
+def test_batchnorm_refuses_one_value_per_channel_in_training_as_torch():
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(at.tensor(np.ones((1, 3, 1, 1), np.float32)))
+    bn.eval()
+    assert bn(at.tensor(np.ones((1, 3, 1, 1), np.float32))).shape == (1, 3, 1, 1)

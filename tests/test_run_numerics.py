@@ -25,3 +25,13 @@ def test_inf_running_var_stops_before_any_checkpoint(tmp_path, monkeypatch):
         run_module.train(cfg)
     written = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert written == ["config.yaml"]
+
+
+def test_a_lone_last_image_is_dropped_rather_than_refused_by_batchnorm(tmp_path):
+    # tiny.yaml: 8x8 images, small stem, so layer4 is 1x1; 1346 training images % 5 == 1.
+    cfg = load_config(ROOT / "configs" / "tiny.yaml",
+                      [f"output.dir={tmp_path / 'run'}", "train.epochs=1", "train.batch_size=5"])
+    train_loader, _ = run_module.make_loaders(cfg, run_module.load_data(cfg))
+    assert train_loader.num_samples % 5 == 1 and len(train_loader) == train_loader.num_samples // 5
+    result = run_module.train(cfg)
+    assert result.status == "finished" and result.history[0]["train_loss"] > 0

@@ -164,6 +164,8 @@ class BatchNorm(Function):
         c = x.shape[1]
         x2 = _nhwc(x).reshape(-1, c) if shape4 else x
         if training:
+            if x2.shape[0] == 1:  # as torch: the batch variance of one value is meaningless
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
             mean = x2.mean(axis=0)
             xc = x2 - mean
             var = np.einsum("mc,mc->c", xc, xc) / x2.shape[0]  # no (M, C) temporary

@@ -98,8 +98,11 @@ def load_data(cfg: Config) -> DatasetSplits:
 
 def make_loaders(cfg: Config, data: DatasetSplits) -> tuple[BatchLoader, BatchLoader | None]:
     aug = AugmentSpec(crop_padding=cfg.data.augment.crop_padding, hflip=cfg.data.augment.hflip)
+    # A last batch of a single image would reach BatchNorm with one value per channel when
+    # the feature maps shrink to 1x1, which torch (and autotrain) refuse: drop it then.
+    lone_last = len(data.train_y) % cfg.train.batch_size == 1
     train = BatchLoader(data.train_x, data.train_y, cfg.train.batch_size, data.mean, data.std,
-                        shuffle=True, seed=cfg.seed, augment=aug)
+                        shuffle=True, seed=cfg.seed, augment=aug, drop_last=lone_last)
     val = None
     if len(data.val_y):
         val = BatchLoader(data.val_x, data.val_y, EVAL_BATCH, data.mean, data.std, shuffle=False)
