@@ -285,13 +285,19 @@ def rotate_checkpoints(run_dir: str | os.PathLike[str], keep_last: int) -> list[
     epochs = _epoch_files(Path(run_dir))
     doomed = [p for _, p in epochs[: max(len(epochs) - keep_last, 0)]]
     for path in doomed:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise OutputError(f"cannot delete old checkpoint {path}: {exc.strerror or exc}") from None
+        _remove(path, "old checkpoint")
     return doomed
+
+
+def _remove(path: Path, what: str) -> bool:
+    """Delete ``path``; False if it was already gone, OutputError naming it if it cannot be."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OutputError(f"cannot delete {what} {path}: {exc.strerror or exc}") from None
+    return True
 
 
 def saved_step(path: str | os.PathLike[str]) -> int | None:
@@ -355,11 +361,6 @@ def clean_stale_temp_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     for entry in run_dir.iterdir():
         match = _TEMP_RE.match(entry.name)
         if match and entry.is_file() and not _pid_alive(int(match.group(1))):
-            try:
-                entry.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise OutputError(f"cannot remove stale temp file {entry}: {exc.strerror or exc}") from None
-            removed.append(entry)
+            if _remove(entry, "stale temp file"):
+                removed.append(entry)
     return removed

@@ -18,6 +18,7 @@ atomically (see :func:`autotrain.io.checkpoint.atomic_write_bytes`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -209,16 +210,23 @@ def read_safetensors_bytes(data: bytes, source: str) -> tuple[dict[str, np.ndarr
     return tensors, header.metadata
 
 
-def read_file_bytes(path: Path) -> bytes:
-    """The bytes of a weights file; WeightsError naming it when it is missing or unreadable."""
+@contextlib.contextmanager
+def _read_errors(path: Path):
+    """An OSError while reading ``path`` becomes one WeightsError line naming it."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise WeightsError(f"{path}: is a directory, not a weights file") from None
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The bytes of a weights file; WeightsError naming it when it is missing or unreadable."""
+    with _read_errors(path):
+        return path.read_bytes()
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -234,18 +242,11 @@ def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     or decoded. WeightsError if the header is invalid or the file is missing.
     """
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            length = _header_length(prefix, size, str(path))
-            prefix += f.read(length)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise WeightsError(f"{path}: is a directory, not a weights file") from None
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with _read_errors(path), path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        length = _header_length(prefix, size, str(path))
+        prefix += f.read(length)
     return parse_header(prefix, size, str(path)).metadata
 
 

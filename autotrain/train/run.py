@@ -291,10 +291,11 @@ class Trainer:
                                          f"{self.position['step']}; no checkpoint written")
         return model, optim
 
-    def _save(self, names: list[str], finished: bool = False) -> Path:
+    def _save(self, names: list[str], finished: bool = False, state: tuple | None = None) -> Path:
         """Write one checkpoint under each of ``names`` (encoded and hashed once), atomically
-        and in order; returns the last path."""
-        model, optim = self._checked_state()
+        and in order; returns the last path. ``state`` is ``_checked_state()`` when the caller
+        already took it."""
+        model, optim = state if state is not None else self._checked_state()
         data, _ = encode_checkpoint(model, optim, self._metadata(finished))
         for name in names:
             path = self.out / name
@@ -397,7 +398,7 @@ class Trainer:
 
     def _end_epoch(self, row: dict) -> None:
         cfg, pos = self.cfg, self.position
-        self._checked_state()  # a non-finite epoch leaves no trace: not even its metrics row
+        state = self._checked_state()  # a non-finite epoch leaves no trace: not even its metrics row
         self.history.append(row)
         pos.update(epoch=row["epoch"], batch=0)
         self.sums = EpochSums()
@@ -412,7 +413,7 @@ class Trainer:
         names.append(LAST_NAME)
         if improved or (self.val_loader is None and finished):
             names.append(BEST_NAME)
-        self._save(names, finished)
+        self._save(names, finished, state)
         rotate_checkpoints(self.out, cfg.output.keep_last)
         self.last_path = self.out / LAST_NAME
         self.reporter.on_epoch_end(row)
