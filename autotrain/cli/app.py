@@ -103,15 +103,6 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
         with _stop_signals() as should_stop:
             trainer = Trainer(cfg, resume=resume, overwrite=overwrite, reporter=reporter,
                               should_stop=should_stop, config_dir=_config_path(config_path).parent)
-            original_start = reporter.on_start
-
-            def on_start(info: dict) -> None:
-                original_start(info)
-                setup = info["setup"]
-                if not quiet and (setup.frozen or setup.load_report is not None):
-                    _show_setup(setup, cfg)
-
-            reporter.on_start = on_start
             start = time.perf_counter()
             try:
                 # The run checks loss and weights itself and stops with one line naming the
@@ -125,22 +116,6 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
         best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.4f}"
         render.console.print(f"{result.status}: {result.run_dir} (best val_acc {best}, "
                              f"{time.perf_counter() - start:.1f} s)", markup=False)
-
-
-def _show_setup(setup, cfg) -> None:
-    from ..train.setup import parameter_table
-
-    render.console.print(render.parameter_table(parameter_table(setup)), soft_wrap=False)
-    rep = setup.load_report
-    if rep is not None:
-        render.console.print(f"weights {setup.weights_path}: {rep.summary()}", markup=False)
-        head = [k for k, *_ in rep.mismatched if k.startswith("fc.")]
-        if head and setup.head_replaced:
-            render.console.print(f"  expected: fc re-initialised for {cfg.model.num_classes} classes "
-                                 f"({', '.join(head)} differ in shape)")
-        elif setup.head_replaced:
-            render.console.print(f"  fc re-initialised from seed {cfg.seed} (finetune.replace_head): "
-                                 "the file's fc, if any, is not used")
 
 
 @app.command()

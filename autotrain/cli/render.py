@@ -50,6 +50,27 @@ class RichReporter(Reporter):
             first = skipped[0]
             console.print(f"[yellow]skipped {len(skipped)} undecodable file(s)[/], first "
                           f"{escape(first['path'])}: {escape(first['reason'])}")
+        setup = info["setup"]
+        if setup.frozen or setup.load_report is not None:
+            self._show_setup(setup, info)
+
+    @staticmethod
+    def _show_setup(setup, info: dict) -> None:
+        """The finetune tables: parameters per block, and how the weights file loaded."""
+        from ..train.setup import parameter_table as counts
+
+        console.print(parameter_table(counts(setup)), soft_wrap=False)
+        rep = setup.load_report
+        if rep is None:
+            return
+        console.print(f"weights {setup.weights_path}: {rep.summary()}", markup=False)
+        head = [k for k, *_ in rep.mismatched if k.startswith("fc.")]
+        if head and setup.head_replaced:
+            console.print(f"  expected: fc re-initialised for {info['num_classes']} classes "
+                          f"({', '.join(head)} differ in shape)", markup=False)
+        elif setup.head_replaced:
+            console.print(f"  fc re-initialised from seed {info['seed']} (finetune.replace_head): "
+                          "the file's fc, if any, is not used", markup=False)
 
     def on_message(self, text: str) -> None:
         console.print(text, markup=False)

@@ -462,6 +462,8 @@ class Trainer:
             "trainable": sum(int(np.prod(p.shape)) for p in s.model.parameters() if p.requires_grad),
             "data_info": self.data.info,
             "setup": s,
+            "seed": self.cfg.seed,
+            "num_classes": self.cfg.model.num_classes,
         }
 
 
