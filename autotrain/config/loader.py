@@ -12,7 +12,6 @@ import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from autotrain.config._yaml import Parsed, YamlProblem, dump_yaml, parse_yaml
 from autotrain.config.messages import Issue, dotted, issues_from, model_at, suggest_key
 from autotrain.config.schema import Config
 from autotrain.errors import ConfigError
+from autotrain.resources import shipped_file
 
 __all__ = [
     "config_from_dict",
@@ -106,18 +106,13 @@ def diff_configs(
 
 
 def default_config_path(name: str) -> Path:
-    """Path of the shipped config ``name`` (e.g. ``"digits.yaml"``), from any directory.
-
-    Looks in the installed package data (``autotrain/_configs``) first, then in the
-    source checkout's top-level ``configs/``. Raises ConfigError when neither has it.
-    """
-    packaged = resources.files("autotrain") / "_configs" / name
-    if packaged.is_file():
-        return Path(str(packaged))
-    checkout = Path(__file__).resolve().parents[2] / "configs"
-    if (checkout / name).is_file():
-        return checkout / name
-    shipped = sorted(p.name for p in checkout.glob("*.yaml"))
+    """Path of the shipped config ``name`` (e.g. ``"digits.yaml"``), from any directory
+    (found by :func:`autotrain.resources.shipped_file`: package data, else the checkout).
+    Raises ConfigError, listing the shipped names, when there is none."""
+    found = shipped_file(Path("configs") / name)
+    if found is not None:
+        return found
+    shipped = sorted(p.name for p in Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
     raise ConfigError([f"{name}: no shipped config of that name (shipped: {', '.join(shipped)})"])
 
 
