@@ -465,6 +465,25 @@ def test_max_pool_and_avg_pool():
     np.testing.assert_allclose(pooled.data, X.mean(axis=(2, 3), keepdims=True))
 
 
+
+def test_max_pool_routes_ties_to_the_first_tap_and_nan_windows_to_their_last_nan():
+    """torch's CPU rule: a tie goes to the first maximum in scan order; a window holding NaN
+    outputs NaN and its gradient goes to the last NaN in scan order."""
+    X = np.array([[[[1.0, np.nan, 3.0], [np.nan, 5.0, 6.0], [7.0, 8.0, 9.0]],
+                   [[2.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]], dtype=np.float32)
+    x = at.tensor(X, requires_grad=True)
+    out = F.max_pool2d(x, 3, 1, 0)
+    assert np.isnan(out.data[0, 0, 0, 0]) and out.data[0, 1, 0, 0] == 2.0
+    out.backward(at.tensor(np.array([[[[3.0]], [[4.0]]]], dtype=np.float32)))
+    expected = np.zeros_like(X)
+    expected[0, 0, 1, 0] = 3.0  # the last NaN (row 1, col 0), not the first (row 0, col 1)
+    expected[0, 1, 0, 0] = 4.0  # the first of three tied 2.0s
+    np.testing.assert_array_equal(x.grad.data, expected)
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(X, requires_grad=True)
+    torch.nn.functional.max_pool2d(tx, 3, 1, 0).backward(torch.tensor([[[[3.0]], [[4.0]]]]))
+    np.testing.assert_array_equal(x.grad.data, tx.grad.numpy())
+
 # --- losses ---------------------------------------------------------------------------------------
 
 def numpy_cross_entropy(logits, target):
