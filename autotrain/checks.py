@@ -90,7 +90,9 @@ def _conv_case(name, x_shape, w_shape, bias, stride, padding, dilation):
     return Case(name, build)
 
 
-def _batch_norm_case(name, training):
+def _batch_norm_case(name, training, relu=False):
+    kernel = F.batch_norm_relu if relu else F.batch_norm
+
     def build(rng):
         x, w, b = _t(rng, 4, 3, 3, 3), _t(rng, 3, low=0.5, high=1.5), _t(rng, 3)
         rm, rv = Tensor(rng.uniform(-0.2, 0.2, 3)), Tensor(rng.uniform(0.5, 1.5, 3))
@@ -101,7 +103,7 @@ def _batch_norm_case(name, training):
             # numerical differences; put them back so the module ends as it started.
             rm.data[...], rv.data[...] = snapshot
 
-        fn = lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=training)  # noqa: E731
+        fn = lambda x, w, b: kernel(x, rm, rv, w, b, training=training)  # noqa: E731
         return fn, [x, w, b], ["input", "weight", "bias"], restore
     return Case(name, build)
 
@@ -166,6 +168,8 @@ def all_cases() -> list[Case]:
         unary("adaptive_avg_pool2d_2x2", lambda a: F.adaptive_avg_pool2d(a, 2), (2, 3, 4, 4)),
         _batch_norm_case("batch_norm_train", True),
         _batch_norm_case("batch_norm_eval", False),
+        _batch_norm_case("batch_norm_relu_train", True, relu=True),
+        _batch_norm_case("batch_norm_relu_eval", False, relu=True),
         Case("linear", _simple(lambda x, w, b: F.linear(x, w, b), [(5, 4), (3, 4), (3,)])),
         unary("log_softmax", lambda a: F.log_softmax(a, dim=1), (3, 5)),
         unary("cross_entropy", lambda a: F.cross_entropy(a, np.array([0, 4, 2])), (3, 5)),

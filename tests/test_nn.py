@@ -356,6 +356,31 @@ def test_batchnorm_gradients_match_finite_differences():
     assert gradcheck(lambda x, w, b: bn(x), (x, bn.weight, bn.bias))
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_batchnorm_relu_equals_batchnorm_then_relu(training, dtype):
+    """forward_relu (one kernel) must give what relu(bn(x)) gives: values, the gradients of
+    input, weight and bias, and the running statistics, bit for bit."""
+    results = []
+    for fused in (False, True):
+        rng = np.random.default_rng(41)
+        bn = nn.BatchNorm2d(3)
+        bn.weight.data[...] = rng.uniform(0.5, 1.5, 3)
+        bn.bias.data[...] = rng.uniform(-0.5, 0.5, 3)
+        bn.running_mean.data[...] = rng.uniform(-0.2, 0.2, 3)
+        bn = bn.double() if dtype == np.float64 else bn.float()
+        bn.train(training)
+        x = at.tensor(rng.standard_normal((4, 3, 5, 5)).astype(dtype), requires_grad=True)
+        y = bn.forward_relu(x) if fused else F.relu(bn(x))
+        y.backward(at.tensor(rng.standard_normal(y.shape).astype(dtype)))
+        results.append([y.data, x.grad.data, bn.weight.grad.data, bn.bias.grad.data,
+                        bn.running_mean.data.copy(), bn.running_var.data.copy()])
+    assert (results[0][0] == 0).any() and (results[0][0] > 0).any()  # the ReLU does clip
+    for plain, fused in zip(*results):
+        assert plain.dtype == fused.dtype == dtype
+        np.testing.assert_array_equal(fused, plain)
+
+
 # --- casts ----------------------------------------------------------------------------------------
 
 def test_double_and_float_cast_parameters_and_buffers_in_place():

@@ -172,28 +172,33 @@ def _winning_taps(taps: list, out: np.ndarray) -> np.ndarray:
 
 
 class BatchNorm(Function):
-    """Batch normalisation over (N, H, W) per channel, with an affine transform.
+    """Batch normalisation over (N, H, W) per channel, with an affine transform and, with
+    ``relu=True``, the ReLU that follows it in the same kernel.
 
     Training: normalise with the batch mean and *biased* variance; update the running
     estimates in place with the *unbiased* variance: r = (1 - momentum) * r + momentum * stat
     (PyTorch's convention). Evaluation: normalise with the running estimates.
+
+    The ReLU is fused because its input is this kernel's own fresh array: it is clipped in
+    place (no second activation-sized array), and in backward the masked gradient is a new
+    array this kernel owns, so the rest of the chain rule runs in place on it.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None,
-                training=True, momentum=0.1, eps=1e-5):
+                training=True, momentum=0.1, eps=1e-5, relu=False):
         shape4 = x.ndim == 4
         c = x.shape[1]
         x2 = _nhwc(x).reshape(-1, c) if shape4 else x
         if training:
             if x2.shape[0] == 1:  # as torch: the batch variance of one value is meaningless
                 raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-            mean = x2.mean(axis=0)
+            m = x2.shape[0]
+            mean = _column_sum(x2) / m
             xc = x2 - mean
-            var = np.einsum("mc,mc->c", xc, xc) / x2.shape[0]  # no (M, C) temporary
+            var = np.einsum("mc,mc->c", xc, xc) / m  # no (M, C) temporary
             invstd = 1.0 / np.sqrt(var + eps)
             if running_mean is not None:
-                m = x2.shape[0]
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean
                 running_var *= 1 - momentum
@@ -204,10 +209,12 @@ class BatchNorm(Function):
         # y = xhat * w + b with xhat = xc * invstd folded into one per-channel scale: the
         # (M, C) arrays are touched twice, not four times. Backward rebuilds what it needs
         # from xc and per-channel vectors, so xhat itself is never stored.
-        out = xc * (invstd * weight)
+        out = np.multiply(xc, invstd * weight)
         out += bias
+        if relu:
+            np.maximum(out, 0, out=out)
         ctx.training = training
-        ctx.save_for_backward(xc, invstd, weight)
+        ctx.save_for_backward(xc, invstd, weight, out if relu else None)
         ctx.layout = (x.shape, shape4)
         if not shape4:
             return out
@@ -216,14 +223,17 @@ class BatchNorm(Function):
 
     @staticmethod
     def backward(ctx, g):
-        xc, invstd, weight = ctx.saved
+        xc, invstd, weight, relu_out = ctx.saved
         shape, shape4 = ctx.layout
         c = shape[1]
         g2 = _nhwc(g).reshape(-1, c) if shape4 else g
-        gb = g2.sum(axis=0)
+        if relu_out is not None:
+            g2 = np.multiply(g2, relu_out > 0, dtype=g2.dtype)  # ReLU's gradient: 0 at 0, as torch
+        gb = _column_sum(g2)
         gw = np.einsum("mc,mc->c", g2, xc) * invstd  # sum(g * xhat) per channel
         scale = weight * invstd
-        gx = g2 * scale
+        # g2 is ours when the ReLU was fused (a fresh masked copy): scale it in place.
+        gx = np.multiply(g2, scale, out=g2 if relu_out is not None else None)
         if ctx.training:
             # dx = scale * (g - gb/m - xhat * gw/m), with xhat = xc * invstd: per-channel
             # vectors times the two (M, C) arrays, then two in-place subtractions.
@@ -234,3 +244,18 @@ class BatchNorm(Function):
             n, _, h, w = shape
             gx = _nchw(gx.reshape(n, h, w, c))
         return gx, gw, gb
+
+
+def _column_sum(a: np.ndarray, rows: int = 16) -> np.ndarray:
+    """Sum over axis 0 of a C-ordered (M, C) array, 2-3x faster than ``a.sum(axis=0)``.
+
+    NumPy reduces axis 0 one row at a time (an inner loop of C elements per row); summing
+    ``rows`` interleaved partial sums first gives it longer inner loops. It also keeps
+    ``rows`` separate accumulators, so the rounding error grows more slowly with M.
+    """
+    m = a.shape[0]
+    head = m - m % rows
+    if head == 0 or not a.flags.c_contiguous:
+        return a.sum(axis=0)
+    total = a[:head].reshape(head // rows, rows * a.shape[1]).sum(axis=0).reshape(rows, -1).sum(axis=0)
+    return total + a[head:].sum(axis=0) if head < m else total

@@ -31,7 +31,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn1.forward_relu(self.conv1(x))  # relu(bn1(...)) as one kernel
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
@@ -79,7 +79,7 @@ class ResNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Everything before the classifier: the (N, 8*width) pooled features."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1.forward_relu(self.conv1(x)))  # relu(bn1(...)) as one kernel
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
 

@@ -57,6 +57,18 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
 
     In training mode the running statistics, when given, are updated in place.
     """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
+
+
+def batch_norm_relu(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                    weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``relu(batch_norm(...))`` in one kernel: the same values and gradients, one
+    activation-sized array fewer in forward and in backward."""
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=True)
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu) -> Tensor:
     c = x.shape[1]
     if weight is None:
         weight = Tensor(np.ones(c, dtype=x.dtype))
@@ -68,7 +80,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         x, weight, bias,
         running_mean=None if running_mean is None else running_mean.data,
         running_var=None if running_var is None else running_var.data,
-        training=training, momentum=momentum, eps=eps)
+        training=training, momentum=momentum, eps=eps, relu=relu)
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:

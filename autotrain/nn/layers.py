@@ -82,19 +82,25 @@ class BatchNorm2d(Module):
             self.register_buffer("num_batches_tracked", None)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._normalize(x, F.batch_norm)
+
+    def forward_relu(self, x: Tensor) -> Tensor:
+        """``relu(self(x))`` as one kernel (see F.batch_norm_relu): what a conv-BN-ReLU stack
+        calls. Same running-statistics update as ``forward``."""
+        return self._normalize(x, F.batch_norm_relu)
+
+    def _normalize(self, x: Tensor, kernel) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise RuntimeError(f"BatchNorm2d({self.num_features}): expected input (N, {self.num_features}, H, W), got {x.shape}")
         if not self.track_running_stats:
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            return kernel(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
+            return kernel(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         self.num_batches_tracked.data += 1  # in place: stays a 0-d int64 array
         momentum = self.momentum
         if momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked.data)
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            True, momentum, self.eps)
+        return kernel(x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
