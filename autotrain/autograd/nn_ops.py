@@ -36,7 +36,10 @@ def _pad_nhwc(x: np.ndarray, ph: int, pw: int, value=0) -> np.ndarray:
     if not (ph or pw):
         return x
     n, h, w, c = x.shape
-    out = np.full((n, h + 2 * ph, w + 2 * pw, c), value, dtype=x.dtype)
+    out = np.empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    # Fill only the border: filling the whole buffer first would write the interior twice.
+    out[:, :ph], out[:, ph + h:] = value, value
+    out[:, ph:ph + h, :pw], out[:, ph:ph + h, pw + w:] = value, value
     out[:, ph:ph + h, pw:pw + w, :] = x
     return out
 
@@ -91,7 +94,13 @@ class Conv2d(Function):
         if ctx.needs_input_grad[1]:
             # (O, KH, KW, C) memory viewed as (O, C, KH, KW): the channels-last layout of the
             # weight itself, so the optimizer's element-wise update runs in memory order.
-            gw = (go.T @ cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
+            if o <= 64:
+                # Few output channels: OpenBLAS runs (K, M) @ (M, O) faster than (O, M) @ (M, K)
+                # (196 vs 145 GFLOP/s for layer1 at 8x224); the (O, K) copy back is tiny.
+                gwmat = np.ascontiguousarray((cols.T @ go).T)
+            else:
+                gwmat = go.T @ cols
+            gw = gwmat.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         gb = (go.sum(axis=0),) if len(ctx.needs_input_grad) == 3 else ()
         if ctx.needs_input_grad[0]:
             full_pad = ((kh - 1) * dh - ph, (kw - 1) * dw - pw)
