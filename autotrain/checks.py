@@ -162,6 +162,8 @@ def all_cases() -> list[Case]:
         _conv_case("conv2d_7x7_stride2", (1, 2, 9, 9), (3, 2, 7, 7), False, 2, 3, 1),
         # Few pixels, many output channels: the stride-1 input gradient takes the col2im path.
         _conv_case("conv2d_few_pixels", (1, 2, 2, 2), (8, 2, 3, 3), False, 1, 1, 1),
+        # A 1x1 map: the taps around the centre read only padding and are dropped.
+        _conv_case("conv2d_1x1_map", (2, 3, 1, 1), (4, 3, 3, 3), True, 1, 1, 1),
         unary("max_pool2d", lambda a: F.max_pool2d(a, 2, 2), (2, 3, 4, 4), _distinct),
         unary("max_pool2d_k3s2p1", lambda a: F.max_pool2d(a, 3, 2, 1), (2, 2, 7, 7), _distinct),
         unary("adaptive_avg_pool2d", lambda a: F.adaptive_avg_pool2d(a, 1), (2, 3, 4, 4)),

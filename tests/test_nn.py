@@ -437,6 +437,11 @@ CONV_CASES = [  # (H, W), kernel, stride, padding, dilation
     ((64, 64), 7, 2, 3, 1),
     ((5, 5), 1, 2, 0, 1),
     ((6, 6), 5, 3, 2, 1),
+    # Maps so small that some kernel taps read only padding (the kernel is cropped):
+    ((1, 1), 3, 1, 1, 1),     # layer4 at 32x32 input: only the centre tap is live
+    ((1, 1), 3, 2, 1, 1),
+    ((1, 3), (5, 3), 1, (2, 1), 1),  # cropped along H only
+    ((1, 1), 7, 2, 3, 1),
 ]
 
 
@@ -467,7 +472,7 @@ def test_conv2d_values_match_a_naive_loop(hw, k, s, p, d, bias):
 
 
 @pytest.mark.parametrize("hw,k,s,p,d", [((6, 5), 3, 2, 1, 1), ((7, 7), (3, 2), (2, 1), (1, 0), (1, 2)),
-                                        ((4, 4), 1, 1, 0, 1)])
+                                        ((4, 4), 1, 1, 0, 1), ((1, 1), 3, 1, 1, 1), ((1, 3), (5, 3), 1, (2, 1), 1)])
 def test_conv2d_gradients_match_finite_differences(hw, k, s, p, d):
     rng = np.random.default_rng(15)
     kh, kw = _pair(k)
