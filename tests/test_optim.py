@@ -323,3 +323,23 @@ def test_a_parameter_in_two_groups_or_a_state_past_the_end_is_refused():
     with pytest.raises(ValueError, match="position 3"):
         opt.load_state_dict({"state": {3: {"momentum_buffer": np.zeros(2)}},
                              "param_groups": opt.state_dict()["param_groups"]})
+
+
+def test_a_gradient_in_another_memory_order_gives_the_same_update_and_is_left_alone():
+    """A linear layer's weight gradient arrives as a transposed (Fortran-order) view; the
+    update copies it into the parameter's order instead of walking it strided."""
+    rng = np.random.default_rng(3)
+    p = nn.Parameter(rng.standard_normal((6, 5)).astype(np.float32))
+    ref_p = p.data.copy()
+    opt = at.optim.SGD([p], lr=0.1, momentum=0.9)
+    buf = None
+    for _ in range(3):
+        g = np.asfortranarray(rng.standard_normal((6, 5)).astype(np.float32))
+        g_before = g.copy()
+        p.grad = at.from_numpy(g)
+        assert p.grad.data.strides != p.data.strides
+        opt.step()
+        buf = g_before.copy() if buf is None else buf * np.float32(0.9) + g_before
+        ref_p = ref_p - np.float32(0.1) * buf
+        np.testing.assert_array_equal(p.data, ref_p)
+        np.testing.assert_array_equal(p.grad.data, g_before)
