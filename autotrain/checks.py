@@ -155,6 +155,9 @@ def all_cases() -> list[Case]:
         unary("transpose", lambda a: a.transpose(0, 2) * Tensor(np.arange(24.0).reshape(4, 3, 2)), (2, 3, 4)),
         unary("getitem", lambda a: a[1:, ::2] * 2 + a[np.array([0, 0, 2])].sum(), (3, 4)),
         unary("relu", F.relu, (4, 5), _away_from_zero),
+        # a in +-[0.1, 1], b in [-0.05, 0.05]: a + b stays clear of relu's kink.
+        Case("add_relu", lambda rng: (F.add_relu, [_away_from_zero(rng, 2, 3, 4), _t(rng, 2, 3, 4, low=-0.05, high=0.05)],
+                                      ["a", "b"], None)),
         _conv_case("conv2d", (2, 3, 5, 5), (4, 3, 3, 3), False, 1, 1, 1),
         _conv_case("conv2d_stride2", (2, 3, 6, 6), (4, 3, 3, 3), True, 2, 0, 1),
         _conv_case("conv2d_pad2_dilation2", (1, 2, 6, 6), (3, 2, 3, 3), True, 1, 2, 2),

@@ -151,6 +151,26 @@ class Relu(Function):
         return (np.multiply(g, out > 0, dtype=g.dtype),)
 
 
+class AddRelu(Function):
+    """``relu(a + b)`` for same-shaped a and b (a residual connection): the sum is clipped in
+    place, and both inputs get the one masked gradient (as Add would hand g to both)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.shape != b.shape:
+            raise ValueError(f"AddRelu needs equal shapes, got {a.shape} and {b.shape}")
+        out = np.add(a, b)
+        np.maximum(out, 0, out=out)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        gm = np.multiply(g, out > 0, dtype=g.dtype)
+        return gm, gm
+
+
 class MatMul(Function):
     """``a @ b`` with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
 
