@@ -200,7 +200,7 @@ def run_backward(root: Function, grad: np.ndarray, retain_graph: bool = False) -
     deps = _topological_order(root)
     pending = {root: grad}
     ready = [root]
-    handed = [grad]  # arrays that already live elsewhere: the root gradient, leaves' .grad
+    handed = _Handed(grad)  # arrays that already live elsewhere: the root gradient, leaves' .grad
     while ready:
         node = ready.pop()
         g = pending.pop(node)
@@ -227,16 +227,52 @@ def run_backward(root: Function, grad: np.ndarray, retain_graph: bool = False) -
                         _skip_subgraph(parent, deps, pending, ready, retain_graph)
             elif gi is not None:
                 siblings = [x for j, x in enumerate(in_grads) if j != k and isinstance(x, np.ndarray)]
-                alive = [g, parent.data] + saved + handed + siblings + list(pending.values())
-                parent._accumulate_grad(gi, owned=_is_fresh(gi, alive))
-                handed.append(gi)
+                alive = [g, parent.data] + saved + siblings + list(pending.values())
+                parent._accumulate_grad(gi, owned=_is_fresh(gi, alive) and not handed.overlaps(gi))
+                handed.add(gi)
+
+
+def _owner(a: np.ndarray) -> np.ndarray | None:
+    """The array that allocated ``a``'s memory (the end of its ``.base`` chain), or None when
+    the memory belongs to something else (a buffer, a memory map): then only a bounds check
+    can tell what overlaps it."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a if a.base is None and a.flags.owndata else None
+
+
+class _Handed:
+    """The gradients already given to leaves in this backward pass, for the question "does
+    this new gradient share memory with one of them?". Arrays that own their allocation are
+    kept by owner identity (two owners never overlap), so the question costs one set lookup
+    instead of a bounds check against every leaf seen so far; the rest by bounds check."""
+
+    def __init__(self, first: np.ndarray):
+        self._owners: set[int] = set()
+        self._others: list[np.ndarray] = []
+        self._keep: list[np.ndarray] = []  # holds the owners alive, so their ids stay unique
+        self.add(first)
+
+    def add(self, a: np.ndarray) -> None:
+        owner = _owner(a)
+        if owner is None:
+            self._others.append(a)
+        else:
+            self._owners.add(id(owner))
+            self._keep.append(owner)
+
+    def overlaps(self, a: np.ndarray) -> bool:
+        owner = _owner(a)
+        if owner is None:  # foreign memory: compare with everything by bounds
+            return any(np.may_share_memory(a, o) for o in self._keep + self._others)
+        return id(owner) in self._owners or any(np.may_share_memory(a, o) for o in self._others)
 
 
 def _is_fresh(gi: np.ndarray, others: list) -> bool:
     """Whether a leaf may keep ``gi`` as its ``.grad`` without a copy: it must be writeable and
     share memory with nothing else alive (the node's incoming gradient, the leaf's data, the
-    node's saved arrays, its other returned gradients, gradients waiting for other nodes, or
-    arrays already given to other leaves). Saving that copy matters: it is one pass over
+    node's saved arrays, its other returned gradients, gradients waiting for other nodes;
+    arrays already given to other leaves are checked by ``_Handed``). Saving that copy matters: it is one pass over
     every parameter per step."""
     if not gi.flags.writeable:
         return False
