@@ -320,6 +320,26 @@ def test_batchnorm_eval_uses_running_statistics_and_changes_nothing():
     assert int(bn.num_batches_tracked.data) == 0
 
 
+def test_frozen_batchnorm_in_eval_folds_its_statistics_and_still_passes_the_input_gradient():
+    """With a frozen weight, eval BatchNorm computes x * scale + shift (torch's inference
+    form, no x - mean array); the input gradient is g * weight / sqrt(var + eps)."""
+    bn = bn_with_random_affine().double()
+    bn.running_mean.data[...] = [0.5, -1.0, 2.0]
+    bn.running_var.data[...] = [4.0, 0.25, 1.0]
+    bn.eval()
+    bn.weight.requires_grad_(False)
+    x = at.tensor(np.random.default_rng(13).standard_normal((2, 3, 3, 3)), requires_grad=True)
+    out = bn(x)
+    scale = (bn.weight.data / np.sqrt(bn.running_var.data + 1e-5)).reshape(1, 3, 1, 1)
+    expected = (x.data - bn.running_mean.data.reshape(1, 3, 1, 1)) * scale + bn.bias.data.reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12, atol=1e-12)
+    out.backward(at.ones_like(out))
+    np.testing.assert_allclose(x.grad.data, np.broadcast_to(scale, x.shape), rtol=1e-12)
+    assert bn.weight.grad is None
+    np.testing.assert_allclose(bn.bias.grad.data, [18.0, 18.0, 18.0])
+    assert gradcheck(lambda t: bn(t), (x,))
+
+
 def test_batchnorm_eps_is_added_to_the_variance():
     bn = nn.BatchNorm2d(1)
     X = (np.array([-1.0, 1.0] * 8) * 1e-3).reshape(2, 1, 2, 4).astype(np.float32)  # var 1e-6

@@ -251,12 +251,20 @@ class BatchNorm(Function):
                 running_var += momentum * var * (m / max(m - 1, 1))
         else:
             invstd = 1.0 / np.sqrt(running_var + eps)
-            xc = x2 - running_mean
+            # x - mean is needed only for the weight's gradient; without it the statistics fold
+            # into one scale and shift, y = x * (w * invstd) + (b - mean * w * invstd), as
+            # torch's CPU inference kernel computes it.
+            xc = x2 - running_mean if ctx.needs_input_grad[1] else None
         # y = xhat * w + b with xhat = xc * invstd folded into one per-channel scale: the
         # (M, C) arrays are touched twice, not four times. Backward rebuilds what it needs
         # from xc and per-channel vectors, so xhat itself is never stored.
-        out = np.multiply(xc, invstd * weight)
-        out += bias
+        scale = invstd * weight
+        if xc is None:
+            out = np.multiply(x2, scale)
+            out += bias - running_mean * scale
+        else:
+            out = np.multiply(xc, scale)
+            out += bias
         if relu:
             np.maximum(out, 0, out=out)
         ctx.training = training
@@ -276,7 +284,7 @@ class BatchNorm(Function):
         if relu_out is not None:
             g2 = np.multiply(g2, relu_out > 0, dtype=g2.dtype)  # ReLU's gradient: 0 at 0, as torch
         gb = _column_sum(g2)
-        gw = np.einsum("mc,mc->c", g2, xc) * invstd  # sum(g * xhat) per channel
+        gw = np.einsum("mc,mc->c", g2, xc) * invstd if xc is not None else None  # sum(g * xhat) per channel
         scale = weight * invstd
         # g2 is ours when the ReLU was fused (a fresh masked copy): scale it in place.
         gx = np.multiply(g2, scale, out=g2 if relu_out is not None else None)
