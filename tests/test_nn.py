@@ -535,6 +535,50 @@ def test_max_pool_and_avg_pool():
 
 
 
+def test_max_pool_sends_an_infinite_or_nan_gradient_only_to_the_winning_tap():
+    X = np.arange(16.0).reshape(1, 1, 4, 4)
+    for bad in (np.inf, np.nan):
+        x = at.tensor(X, requires_grad=True)
+        F.max_pool2d(x, 2, 2).backward(at.tensor(np.array([[[[bad, 1.0], [1.0, 1.0]]]])))
+        window = x.grad.data[0, 0, :2, :2].ravel()
+        np.testing.assert_array_equal(window[:3], [0.0, 0.0, 0.0])  # not inf * 0 = NaN
+        assert window[3] == bad or (np.isnan(bad) and np.isnan(window[3]))
+
+
+def test_max_pool_window_of_minus_inf_sends_its_gradient_to_the_first_real_element():
+    """Padding ties with a window of -inf; torch gives the gradient to the first element of
+    the input in the window, never to the padding."""
+    x = at.tensor(np.full((1, 1, 2, 2), -np.inf), requires_grad=True)
+    out = F.max_pool2d(x, 2, 2, 1)
+    assert np.isneginf(out.data).all()
+    out.backward(at.ones_like(out))
+    np.testing.assert_array_equal(x.grad.data, np.ones((1, 1, 2, 2)))
+    y = at.tensor(np.array([[[[-np.inf, -np.inf, 1.0]]]]), requires_grad=True)
+    F.max_pool2d(y, (1, 3), 1, (0, 1)).sum().backward()  # windows [pad,-inf,-inf], [-inf,-inf,1], [-inf,1,pad]
+    np.testing.assert_array_equal(y.grad.data, [[[[1.0, 0.0, 2.0]]]])
+
+
+@pytest.mark.parametrize("kind", ["relu", "add_relu", "batch_norm_relu"])
+def test_relu_gradients_follow_torch_threshold_backward_for_inf_and_nan(kind):
+    """Clipped positions get 0 even when the incoming gradient is inf or NaN (not inf * 0);
+    a NaN output passes its gradient through (NaN <= 0 is false), as torch's
+    threshold_backward does."""
+    X = np.array([[[[-1.0, 2.0, np.nan, 3.0]]]])
+    G = np.array([[[[np.inf, 1.0, 5.0, np.nan]]]])
+    x = at.tensor(X, requires_grad=True)
+    if kind == "relu":
+        y = F.relu(x)
+    elif kind == "add_relu":
+        y = F.add_relu(x, at.tensor(np.zeros_like(X)))
+    else:  # eval BatchNorm with unit statistics is the identity up to eps: relu(x) again
+        bn = nn.BatchNorm2d(1).double().eval()
+        bn.running_var.data[...] = 1.0 - 1e-5
+        y = bn.forward_relu(x)
+    np.testing.assert_array_equal(y.data, [[[[0.0, 2.0, np.nan, 3.0]]]])
+    y.backward(at.tensor(G))
+    np.testing.assert_array_equal(x.grad.data, [[[[0.0, 1.0, 5.0, np.nan]]]])
+
+
 def test_max_pool_routes_ties_to_the_first_tap_and_nan_windows_to_their_last_nan():
     """torch's CPU rule: a tie goes to the first maximum in scan order; a window holding NaN
     outputs NaN and its gradient goes to the last NaN in scan order."""

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .function import Function
+from .ops import relu_grad
 
 
 def _nhwc(x: np.ndarray) -> np.ndarray:
@@ -175,7 +176,12 @@ class MaxPool2d(Function):
         for v in taps[1:]:
             np.maximum(out, v, out=out)
         if ctx.needs_input_grad[0]:  # not in eval or frozen layers
-            ctx.save_for_backward(_winning_taps(taps, out))
+            real = None
+            if (ph or pw) and np.isneginf(out).any():
+                # A window of -inf ties with its padding; torch picks the first real element.
+                mask = _pad_nhwc(np.ones((n, h, w, 1), dtype=bool), ph, pw, value=False)
+                real = [_tap(mask, t // kw, t % kw, oh, ow, sh, sw) for t in range(kh * kw)]
+            ctx.save_for_backward(_winning_taps(taps, out, real))
         ctx.geom = (x.shape, (kh, kw), (sh, sw), (ph, pw), (oh, ow))
         return _nchw(out)
 
@@ -187,16 +193,24 @@ class MaxPool2d(Function):
         dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g.dtype)
         won = np.empty(argtap.shape, dtype=bool)
         part = np.empty(gh.shape, dtype=g.dtype)
+        # Multiplying by the mask is fast, but inf * 0 would be NaN at the taps that lost:
+        # a gradient that is not all finite takes the exact (slower) np.where form.
+        finite = np.isfinite(np.add.reduce(gh, axis=None))
         for t in range(kh * kw):  # each tap adds the gradient of the windows it won
-            np.multiply(gh, np.equal(argtap, t, out=won), out=part)
+            np.equal(argtap, t, out=won)
+            if finite:
+                np.multiply(gh, won, out=part)
+            else:
+                part[...] = np.where(won, gh, np.zeros((), dtype=g.dtype))
             view = _tap(dxp, t // kw, t % kw, oh, ow, sh, sw)
             np.add(view, part, out=view)
         return (_nchw(dxp[:, ph:ph + h, pw:pw + w, :]),)
 
 
-def _winning_taps(taps: list, out: np.ndarray) -> np.ndarray:
+def _winning_taps(taps: list, out: np.ndarray, real: list | None = None) -> np.ndarray:
     """Index of the tap holding each window's maximum ``out``: the first one on ties, the
-    last NaN where the window has one (torch's rule).
+    last NaN where the window has one (torch's rule). ``real`` (per tap, True where the tap
+    reads the input, not padding) keeps padding from winning a tie, when a window is -inf.
 
     Each tap t that equals the maximum scores K - t; the highest score is the first such
     tap. Three passes over small integer arrays per tap, no masked writes (which NumPy runs
@@ -208,7 +222,10 @@ def _winning_taps(taps: list, out: np.ndarray) -> np.ndarray:
     equal = np.empty(out.shape, dtype=bool)
     points = np.empty(out.shape, dtype=dtype)
     for t, v in enumerate(taps):
-        np.multiply(np.equal(v, out, out=equal), dtype(k - t), out=points)
+        np.equal(v, out, out=equal)
+        if real is not None:
+            equal &= real[t]
+        np.multiply(equal, dtype(k - t), out=points)
         np.maximum(score, points, out=score)
     argtap = np.subtract(dtype(k), score, out=score)
     if np.isnan(out).any():  # rare: route each NaN window's gradient to its last NaN
@@ -282,7 +299,7 @@ class BatchNorm(Function):
         c = shape[1]
         g2 = _nhwc(g).reshape(-1, c) if shape4 else g
         if relu_out is not None:
-            g2 = np.multiply(g2, relu_out > 0, dtype=g2.dtype)  # ReLU's gradient: 0 at 0, as torch
+            g2 = relu_grad(g2, relu_out)  # a new array: ours to modify below
         gb = _column_sum(g2)
         gw = np.einsum("mc,mc->c", g2, xc) * invstd if xc is not None else None  # sum(g * xhat) per channel
         scale = weight * invstd

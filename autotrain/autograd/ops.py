@@ -136,19 +136,31 @@ class Log(Function):
         return (g / a,)
 
 
+def relu_grad(g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """ReLU's backward from its output, as torch's threshold_backward: ``g`` where out > 0 or
+    out is NaN, 0 where out <= 0 (exactly 0 at the kink). Always a new array.
+
+    The fast form multiplies by the mask (a ufunc keeps the channels-last memory order of its
+    inputs); an inf or NaN in ``g`` would turn into NaN at clipped positions (inf * 0), so a
+    gradient that is not all finite takes the exact np.where form instead.
+    """
+    passes = np.logical_not(np.less_equal(out, 0))
+    if np.isfinite(np.add.reduce(g, axis=None)):  # inf/NaN anywhere make the sum non-finite
+        return np.multiply(g, passes, dtype=g.dtype)
+    return np.where(passes, g, np.zeros((), dtype=g.dtype))
+
+
 class Relu(Function):
     @staticmethod
     def forward(ctx, a):
-        out = np.maximum(a, 0)
+        out = np.maximum(a, 0)  # NaN stays NaN, as in torch
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved
-        # The gradient at exactly 0 is 0, as in torch. A ufunc (not np.where) keeps the
-        # channels-last memory order of its inputs, so the next kernel needs no copy.
-        return (np.multiply(g, out > 0, dtype=g.dtype),)
+        return (relu_grad(g, out),)
 
 
 class AddRelu(Function):
@@ -167,7 +179,7 @@ class AddRelu(Function):
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved
-        gm = np.multiply(g, out > 0, dtype=g.dtype)
+        gm = relu_grad(g, out)
         return gm, gm
 
 
