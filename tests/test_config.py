@@ -41,6 +41,15 @@ def problems(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> list[st
     return info.value.problems
 
 
+def write_one_field(tmp_path: Path, section: str, text: str) -> tuple[Path, int]:
+    """A minimal valid config plus one ``key: value`` line in ``section``; returns the file and
+    the line number of that line."""
+    if section == "model":
+        extra = "" if "num_classes" in text else "  num_classes: 10\n"
+        return write(tmp_path, f"model:\n  {text}\n{extra}"), 2
+    return write(tmp_path, f"{MINIMAL}{section}:\n  {text}\n"), 4
+
+
 def only_problem(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
     lines = problems(path, overrides)
     assert len(lines) == 1, lines
@@ -151,11 +160,7 @@ def test_int_is_accepted_for_a_float_field(tmp_path):
     ],
 )
 def test_wrong_types_are_refused(tmp_path, section, text, field, shown, rule):
-    if section == "model":
-        extra = "" if "num_classes" in text else "  num_classes: 10\n"
-        path, line_no = write(tmp_path, f"model:\n  {text}\n{extra}"), 2
-    else:
-        path, line_no = write(tmp_path, f"{MINIMAL}{section}:\n  {text}\n"), 4
+    path, line_no = write_one_field(tmp_path, section, text)
     line = only_problem(path)
     assert line.startswith(f"{path}: {field}: {shown} — "), line
     assert rule in line and line.endswith(f"(line {line_no})")
@@ -188,10 +193,7 @@ def test_yaml11_on_off_are_booleans_where_booleans_are_expected(tmp_path):
     ],
 )
 def test_out_of_range_values(tmp_path, section, text, field, shown, rule):
-    if section == "model":
-        path = write(tmp_path, f"model:\n  {text}\n")
-    else:
-        path = write(tmp_path, f"{MINIMAL}{section}:\n  {text}\n")
+    path, _ = write_one_field(tmp_path, section, text)
     line = only_problem(path)
     assert line.startswith(f"{path}: {field}: {shown} — "), line
     assert rule in line
