@@ -16,7 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .function import Function
-from .ops import relu_grad
+from .ops import all_finite, relu_grad, select_grad
 
 
 def _nhwc(x: np.ndarray) -> np.ndarray:
@@ -193,15 +193,9 @@ class MaxPool2d(Function):
         dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g.dtype)
         won = np.empty(argtap.shape, dtype=bool)
         part = np.empty(gh.shape, dtype=g.dtype)
-        # Multiplying by the mask is fast, but inf * 0 would be NaN at the taps that lost:
-        # a gradient that is not all finite takes the exact (slower) np.where form.
-        finite = np.isfinite(np.add.reduce(gh, axis=None))
+        finite = all_finite(gh)  # once, not per tap
         for t in range(kh * kw):  # each tap adds the gradient of the windows it won
-            np.equal(argtap, t, out=won)
-            if finite:
-                np.multiply(gh, won, out=part)
-            else:
-                part[...] = np.where(won, gh, np.zeros((), dtype=g.dtype))
+            select_grad(gh, np.equal(argtap, t, out=won), out=part, finite=finite)
             view = _tap(dxp, t // kw, t % kw, oh, ow, sh, sw)
             np.add(view, part, out=view)
         return (_nchw(dxp[:, ph:ph + h, pw:pw + w, :]),)

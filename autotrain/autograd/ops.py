@@ -136,18 +136,36 @@ class Log(Function):
         return (g / a,)
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds no inf or NaN, by one summing pass (no boolean array): any of them
+    makes the sum non-finite. A finite array whose sum overflows also answers False, which
+    only sends the caller to its exact path."""
+    return bool(np.isfinite(np.add.reduce(a, axis=None)))
+
+
+def select_grad(g: np.ndarray, mask: np.ndarray, out: np.ndarray | None = None,
+                finite: bool | None = None) -> np.ndarray:
+    """``g`` where ``mask``, exactly 0 elsewhere (into ``out`` when given).
+
+    Multiplying by the mask is the fast form, and a ufunc keeps the channels-last memory order
+    of its inputs; but inf * 0 is NaN, so a gradient that is not all finite takes np.where.
+    ``finite`` (whether ``g`` is all finite) saves the check when the caller knows it.
+    """
+    if finite is None:
+        finite = all_finite(g)
+    if finite:
+        return np.multiply(g, mask, out=out, dtype=g.dtype)
+    picked = np.where(mask, g, np.zeros((), dtype=g.dtype))
+    if out is None:
+        return picked
+    out[...] = picked
+    return out
+
+
 def relu_grad(g: np.ndarray, out: np.ndarray) -> np.ndarray:
     """ReLU's backward from its output, as torch's threshold_backward: ``g`` where out > 0 or
-    out is NaN, 0 where out <= 0 (exactly 0 at the kink). Always a new array.
-
-    The fast form multiplies by the mask (a ufunc keeps the channels-last memory order of its
-    inputs); an inf or NaN in ``g`` would turn into NaN at clipped positions (inf * 0), so a
-    gradient that is not all finite takes the exact np.where form instead.
-    """
-    passes = np.logical_not(np.less_equal(out, 0))
-    if np.isfinite(np.add.reduce(g, axis=None)):  # inf/NaN anywhere make the sum non-finite
-        return np.multiply(g, passes, dtype=g.dtype)
-    return np.where(passes, g, np.zeros((), dtype=g.dtype))
+    out is NaN, 0 where out <= 0 (exactly 0 at the kink). Always a new array."""
+    return select_grad(g, np.logical_not(np.less_equal(out, 0)))
 
 
 class Relu(Function):
