@@ -12,6 +12,8 @@ preserve the layout (NumPy keeps the memory order of its inputs).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -62,6 +64,7 @@ def _im2col(xp: np.ndarray, kh: int, kw: int, oh: int, ow: int, stride, dilation
     return windows.reshape(n * oh * ow, kh * kw * c)
 
 
+@functools.lru_cache(maxsize=1024)  # a network asks the same few geometries every step
 def _live_taps(size: int, out: int, k: int, s: int, p: int, d: int) -> tuple[int, int]:
     """The kernel taps [lo, hi) along one axis that read at least one real (unpadded) pixel.
 
@@ -176,12 +179,12 @@ class MaxPool2d(Function):
         for v in taps[1:]:
             np.maximum(out, v, out=out)
         if ctx.needs_input_grad[0]:  # not in eval or frozen layers
-            real = None
-            if (ph or pw) and np.isneginf(out).any():
+            real, finite = None, all_finite(out)  # one pass; the rare cases below need a non-finite max
+            if (ph or pw) and not finite and np.isneginf(out).any():
                 # A window of -inf ties with its padding; torch picks the first real element.
                 mask = _pad_nhwc(np.ones((n, h, w, 1), dtype=bool), ph, pw, value=False)
                 real = [_tap(mask, t // kw, t % kw, oh, ow, sh, sw) for t in range(kh * kw)]
-            ctx.save_for_backward(_winning_taps(taps, out, real))
+            ctx.save_for_backward(_winning_taps(taps, out, real, finite))
         ctx.geom = (x.shape, (kh, kw), (sh, sw), (ph, pw), (oh, ow))
         return _nchw(out)
 
@@ -201,10 +204,11 @@ class MaxPool2d(Function):
         return (_nchw(dxp[:, ph:ph + h, pw:pw + w, :]),)
 
 
-def _winning_taps(taps: list, out: np.ndarray, real: list | None = None) -> np.ndarray:
+def _winning_taps(taps: list, out: np.ndarray, real: list | None = None, finite: bool = False) -> np.ndarray:
     """Index of the tap holding each window's maximum ``out``: the first one on ties, the
     last NaN where the window has one (torch's rule). ``real`` (per tap, True where the tap
-    reads the input, not padding) keeps padding from winning a tie, when a window is -inf.
+    reads the input, not padding) keeps padding from winning a tie, when a window is -inf;
+    ``finite`` (``out`` holds no inf/NaN) skips the search for NaN windows.
 
     Each tap t that equals the maximum scores K - t; the highest score is the first such
     tap. Three passes over small integer arrays per tap, no masked writes (which NumPy runs
@@ -222,7 +226,7 @@ def _winning_taps(taps: list, out: np.ndarray, real: list | None = None) -> np.n
         np.multiply(equal, dtype(k - t), out=points)
         np.maximum(score, points, out=score)
     argtap = np.subtract(dtype(k), score, out=score)
-    if np.isnan(out).any():  # rare: route each NaN window's gradient to its last NaN
+    if not finite and np.isnan(out).any():  # rare: route each NaN window's gradient to its last NaN
         for t, v in enumerate(taps):
             np.copyto(argtap, t, where=np.isnan(v))
     return argtap
