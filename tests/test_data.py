@@ -582,10 +582,12 @@ def test_loader_normalises_per_channel() -> None:
     x, y = identity_data(10, channels=3)
     mean, std = [1.0, 2.0, 3.0], [2.0, 4.0, 0.5]
     loader = BatchLoader(x, y, 4, mean, std, shuffle=True, seed=0)
+    before = x.copy()
     for images, labels in loader.epoch(0):
         expected = (x[labels] - np.array(mean)[None, :, None, None]) / np.array(std)[None, :, None, None]
         np.testing.assert_allclose(images, expected, rtol=1e-6)
     assert x[3, 0, 0, 0] == 3.0  # the dataset itself is left untouched
+    np.testing.assert_array_equal(x, before)  # float32 batches are normalised in place: on copies
 
 
 def test_random_crop_shifts_content_with_zero_padding() -> None:

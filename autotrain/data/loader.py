@@ -128,9 +128,10 @@ class BatchLoader:
             return np.arange(self.num_samples, dtype=np.int64)
         return self._generator(epoch, _ORDER_STREAM).permutation(self.num_samples)
 
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """Return (images - mean) / std per channel as float32 (a new array)."""
-        out = images.astype(np.float32, copy=True)
+    def _normalize_own(self, images: np.ndarray) -> np.ndarray:
+        """(images - mean) / std per channel as float32. ``images`` must be a batch nobody else
+        holds (``epoch`` gathers a private copy): a float32 batch is normalised in place."""
+        out = images.astype(np.float32, copy=False)
         out -= self._mean
         out *= self._inv_std
         return out
@@ -155,4 +156,4 @@ class BatchLoader:
             images = self.x[indices]  # fancy indexing copies, so the dataset is never modified
             if self.augment is not None:
                 images = self._augment(images, epoch, batch_index)
-            yield self.normalize(images), self.y[indices].astype(np.int64, copy=False)
+            yield self._normalize_own(images), self.y[indices].astype(np.int64, copy=False)
