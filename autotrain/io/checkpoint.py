@@ -244,8 +244,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     WeightsError (naming the file) if it is missing, not a safetensors file, not an
     autotrain checkpoint, or its content hash does not match.
     """
-    source = str(path)
     tensors, meta = read_safetensors(path)
+    return checkpoint_from_safetensors(tensors, meta, str(path))
+
+
+def checkpoint_from_safetensors(tensors: dict[str, np.ndarray], meta: Mapping[str, str],
+                                source: str) -> Checkpoint:
+    """Verify (format tag, content hash) and split already-read safetensors content into a
+    :class:`Checkpoint`; WeightsError naming ``source`` otherwise."""
     if meta.get("format") != FORMAT or "sha256" not in meta:
         raise WeightsError(f"{source}: not an autotrain checkpoint (no {FORMAT!r} format tag or sha256 in metadata)")
     digest = content_sha256(tensors, meta)
@@ -311,7 +317,14 @@ def saved_step(path: str | os.PathLike[str]) -> int | None:
 
 
 def find_latest_valid_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The resumable checkpoint with the highest ``step`` among ``last`` and ``epoch-N``.
+    """The path of :func:`latest_valid_checkpoint`, or None."""
+    found = latest_valid_checkpoint(run_dir)
+    return None if found is None else found[0]
+
+
+def latest_valid_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[Path, Checkpoint] | None:
+    """The resumable checkpoint with the highest ``step`` among ``last`` and ``epoch-N``, and
+    its loaded content (so a resume does not read and hash it a second time).
 
     Candidates whose header is unreadable or lacks an integer ``step`` are skipped; the
     rest are fully verified (hash included) from the highest step down, and the first
@@ -330,10 +343,9 @@ def find_latest_valid_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None
             ranked.append((step, path.name == LAST_NAME, path))
     for _, _, path in sorted(ranked, key=lambda r: (r[0], r[1]), reverse=True):
         try:
-            load_checkpoint(path)
+            return path, load_checkpoint(path)
         except WeightsError:
             continue
-        return path
     return None
 
 

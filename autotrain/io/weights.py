@@ -23,7 +23,7 @@ import numpy as np
 
 from autotrain.errors import ConfigError, WeightsError
 from autotrain.io.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from autotrain.io.checkpoint import OPTIMIZER_PREFIX, atomic_write_bytes, content_sha256
+from autotrain.io.checkpoint import atomic_write_bytes, checkpoint_from_safetensors
 from autotrain.io.safetensors_io import read_file_bytes, read_safetensors_bytes, safetensors_bytes
 from autotrain.io.torch_pth import ZIP_MAGIC, check_zip_sizes, read_pth_legacy_bytes, read_pth_zip_bytes
 
@@ -107,22 +107,11 @@ def _parse(data: bytes, source: str, suffix: str) -> dict[str, np.ndarray]:
     if _looks_like_safetensors(data) or suffix == ".safetensors":
         tensors, meta = read_safetensors_bytes(data, source)
         if meta.get("format") == CHECKPOINT_FORMAT:
-            return _checkpoint_model_state(tensors, meta, source)
+            return checkpoint_from_safetensors(tensors, meta, source).model_state
         return tensors
     if data[:1] == b"\x80":  # a pickle: only torch's legacy layout is accepted
         return read_pth_legacy_bytes(data, source)
     raise WeightsError(f"{source}: not a recognised weights file (safetensors, torch .pth, or .npz)")
-
-
-def _checkpoint_model_state(tensors: dict[str, np.ndarray], meta: Mapping[str, str],
-                            source: str) -> dict[str, np.ndarray]:
-    """An autotrain checkpoint's model state (its hash verified, optimizer buffers dropped)."""
-    recorded = meta.get("sha256", "")
-    digest = content_sha256(tensors, meta)
-    if digest != recorded:
-        raise WeightsError(f"{source}: checkpoint is corrupt: content sha256 {digest[:12]}... "
-                           f"!= recorded {recorded[:12]}...")
-    return {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
 
 
 def check_finite(tensors: Mapping[str, np.ndarray], source: str) -> None:

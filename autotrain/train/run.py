@@ -25,7 +25,7 @@ from ..config import Config, config_from_dict, config_to_dict, config_to_yaml, d
 from ..data import AugmentSpec, BatchLoader, DatasetSplits, load_dataset
 from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
 from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files, encode_checkpoint,
-                             epoch_checkpoint_name, find_latest_valid_checkpoint, load_checkpoint,
+                             epoch_checkpoint_name, latest_valid_checkpoint, load_checkpoint,
                              rotate_checkpoints, saved_step)
 from ..optim import SGD, scheduled_lr
 from .loop import EpochSums, Reporter, evaluate, train_step
@@ -192,13 +192,14 @@ class Trainer:
         if not self.resume:
             return None
         if self.resume == "auto":
-            path = find_latest_valid_checkpoint(self.out)
-            if path is None:
+            found = latest_valid_checkpoint(self.out)
+            if found is None:
                 self.reporter.on_message(f"no valid checkpoint in {self.out}: starting fresh")
                 return None
+            path, ckpt = found
         else:
             path = Path(self.resume)
-        ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path)
         try:
             saved = config_from_dict(ckpt.metadata["config"])
         except (KeyError, ConfigError) as err:
