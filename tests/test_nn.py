@@ -376,6 +376,16 @@ def test_batchnorm_gradients_match_finite_differences():
     assert gradcheck(lambda x, w, b: bn(x), (x, bn.weight, bn.bias))
 
 
+def test_parameter_gradients_take_the_parameters_memory_layout():
+    """As torch's AccumulateGrad: a linear weight's gradient comes out of backward as a
+    transposed product, a conv weight is stored channels-last; .grad is laid out like .data."""
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    model(at.rand(2, 2, 4, 4)).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad.data.strides == p.data.strides, name
+    assert not model[2].weight.data.flags.f_contiguous  # the case that needed the copy
+
+
 def test_fused_add_relu_equals_relu_of_the_sum_and_feeds_both_inputs():
     results = []
     for fused in (False, True):

@@ -326,8 +326,8 @@ def test_a_parameter_in_two_groups_or_a_state_past_the_end_is_refused():
 
 
 def test_a_gradient_in_another_memory_order_gives_the_same_update_and_is_left_alone():
-    """A linear layer's weight gradient arrives as a transposed (Fortran-order) view; the
-    update copies it into the parameter's order instead of walking it strided."""
+    """A gradient set by hand in another memory order (Fortran, against a C-order parameter)
+    cannot be walked in blocks with it: the whole-array rule gives torch's update anyway."""
     rng = np.random.default_rng(3)
     p = nn.Parameter(rng.standard_normal((6, 5)).astype(np.float32))
     ref_p = p.data.copy()

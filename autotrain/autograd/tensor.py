@@ -101,12 +101,16 @@ class Tensor:
 
     def _accumulate_grad(self, g: np.ndarray, owned: bool = False) -> None:
         """Add ``g`` into ``.grad``. The first time, take ``g`` as it is when the engine says
-        nobody else holds it (``owned``), else copy it."""
+        nobody else holds it (``owned``) and it has this tensor's dtype and memory layout;
+        else copy it into an array laid out like ``.data`` (as torch's AccumulateGrad), so
+        element-wise consumers such as the optimizer walk both in the same order."""
         if self.grad is None:
-            if owned and g.dtype == self.dtype:
+            if owned and g.dtype == self.dtype and g.strides == self.data.strides:
                 self.grad = Tensor(g)
             else:
-                self.grad = Tensor(np.array(g, dtype=self.dtype, copy=True))
+                grad = np.empty_like(self.data)  # order "K": the layout of .data
+                np.copyto(grad, g, casting="unsafe")
+                self.grad = Tensor(grad)
         else:
             self.grad.data += g
 

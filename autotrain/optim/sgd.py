@@ -113,13 +113,7 @@ class SGD:
             first = mu != 0 and buf is None
             if first:
                 buf = self.state[i]["momentum_buffer"] = np.empty_like(p.data)  # same memory order as p
-            grad = p.grad.data
-            if grad.strides != p.data.strides and _flat(p.data) is not None:
-                # A gradient in another memory order (a linear layer's, a transposed view)
-                # would make every block a strided walk: one copy into p's order is cheaper.
-                grad = np.empty_like(p.data)
-                np.copyto(grad, p.grad.data)
-            arrays = [p.data, grad] + ([buf] if buf is not None else [])
+            arrays = [p.data, p.grad.data] + ([buf] if buf is not None else [])
             views = [_flat(a) for a in arrays]
             if any(v is None for v in views) or any(a.strides != p.data.strides for a in arrays):
                 views, blocks = arrays, [Ellipsis]  # memory orders differ: one whole-array block
