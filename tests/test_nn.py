@@ -398,7 +398,7 @@ def test_fused_add_relu_equals_relu_of_the_sum_and_feeds_both_inputs():
     assert (results[0][0] == 0).any() and (results[0][0] > 0).any()
     for plain, fused in zip(*results):
         np.testing.assert_array_equal(fused, plain)
-    # Broadcasting shapes fall back to relu(a + b).
+    # Broadcasting: the gradient is summed back to the smaller input's shape.
     c = at.tensor(np.array([-1.0, 2.0]), requires_grad=True)
     F.add_relu(at.tensor(np.zeros((3, 2))), c).sum().backward()
     np.testing.assert_array_equal(c.grad.data, [0.0, 3.0])

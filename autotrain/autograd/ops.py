@@ -182,13 +182,12 @@ class Relu(Function):
 
 
 class AddRelu(Function):
-    """``relu(a + b)`` for same-shaped a and b (a residual connection): the sum is clipped in
-    place, and both inputs get the one masked gradient (as Add would hand g to both)."""
+    """``relu(a + b)`` (a residual connection): the sum is clipped in place, and both inputs
+    get the one masked gradient, as Add would hand g to both (the engine sums it back to a
+    broadcast input's shape)."""
 
     @staticmethod
     def forward(ctx, a, b):
-        if a.shape != b.shape:
-            raise ValueError(f"AddRelu needs equal shapes, got {a.shape} and {b.shape}")
         out = np.add(a, b)
         np.maximum(out, 0, out=out)
         ctx.save_for_backward(out)
