@@ -376,6 +376,23 @@ def test_batchnorm_gradients_match_finite_differences():
     assert gradcheck(lambda x, w, b: bn(x), (x, bn.weight, bn.bias))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_with_frozen_affine_gives_the_same_input_gradient(training):
+    """The kernel skips the weight and bias gradients nobody asked for; the input gradient
+    (which in training needs both sums) must not change."""
+    grads = []
+    for frozen in (False, True):
+        bn = bn_with_random_affine().double()
+        bn.train(training)
+        bn.weight.requires_grad_(not frozen)
+        bn.bias.requires_grad_(not frozen)
+        x = at.tensor(np.random.default_rng(21).standard_normal((2, 3, 3, 3)), requires_grad=True)
+        bn.forward_relu(x).backward(at.tensor(np.random.default_rng(22).standard_normal((2, 3, 3, 3))))
+        grads.append(x.grad.data)
+        assert (bn.weight.grad is None) == frozen and (bn.bias.grad is None) == frozen
+    np.testing.assert_array_equal(grads[1], grads[0])
+
+
 def test_parameter_gradients_take_the_parameters_memory_layout():
     """As torch's AccumulateGrad: a linear weight's gradient comes out of backward as a
     transposed product, a conv weight is stored channels-last; .grad is laid out like .data."""

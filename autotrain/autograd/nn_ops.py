@@ -142,7 +142,7 @@ class Conv2d(Function):
                 full[:, i0:i0 + kh, j0:j0 + kw, :] = gw
                 gw = full
             gw = gw.transpose(0, 3, 1, 2)
-        gb = (go.sum(axis=0),) if len(ctx.needs_input_grad) == 3 else ()
+        gb = ((_column_sum(go) if ctx.needs_input_grad[2] else None),) if len(ctx.needs_input_grad) == 3 else ()
         if ctx.needs_input_grad[0]:
             full_pad = ((kh - 1) * dh - ph, (kw - 1) * dw - pw)
             if sh == sw == 1 and min(full_pad) >= 0 and n * h * wd > 2 * o:
@@ -284,7 +284,6 @@ class BatchNorm(Function):
             np.maximum(out, 0, out=out)
         ctx.training = training
         ctx.save_for_backward(xc, invstd, weight, out if relu else None)
-        ctx.layout = (x.shape, shape4)
         if not shape4:
             return out
         n, _, h, w = x.shape
@@ -293,26 +292,31 @@ class BatchNorm(Function):
     @staticmethod
     def backward(ctx, g):
         xc, invstd, weight, relu_out = ctx.saved
-        shape, shape4 = ctx.layout
+        need_x, need_w, need_b = ctx.needs_input_grad
+        shape = ctx.input_shapes[0]
         c = shape[1]
-        g2 = _nhwc(g).reshape(-1, c) if shape4 else g
+        g2 = _nhwc(g).reshape(-1, c) if len(shape) == 4 else g
         if relu_out is not None:
             g2 = relu_grad(g2, relu_out)  # a new array: ours to modify below
-        gb = _column_sum(g2)
-        gw = np.einsum("mc,mc->c", g2, xc) * invstd if xc is not None else None  # sum(g * xhat) per channel
-        scale = weight * invstd
-        # g2 is ours when the ReLU was fused (a fresh masked copy): scale it in place.
-        gx = np.multiply(g2, scale, out=g2 if relu_out is not None else None)
-        if ctx.training:
-            # dx = scale * (g - gb/m - xhat * gw/m), with xhat = xc * invstd: per-channel
-            # vectors times the two (M, C) arrays, then two in-place subtractions.
-            m = g2.shape[0]
-            gx -= xc * (scale * invstd * gw / m)
-            gx -= scale * gb / m
-        if shape4:
-            n, _, h, w = shape
-            gx = _nchw(gx.reshape(n, h, w, c))
-        return gx, gw, gb
+        # In training the input gradient needs both sums; otherwise each only for its own input.
+        full = need_x and ctx.training
+        gb = _column_sum(g2) if need_b or full else None
+        gw = np.einsum("mc,mc->c", g2, xc) * invstd if need_w or full else None  # sum(g * xhat) per channel
+        gx = None
+        if need_x:
+            scale = weight * invstd
+            # g2 is ours when the ReLU was fused (a fresh masked copy): scale it in place.
+            gx = np.multiply(g2, scale, out=g2 if relu_out is not None else None)
+            if ctx.training:
+                # dx = scale * (g - gb/m - xhat * gw/m), with xhat = xc * invstd: per-channel
+                # vectors times the two (M, C) arrays, then two in-place subtractions.
+                m = g2.shape[0]
+                gx -= xc * (scale * invstd * gw / m)
+                gx -= scale * gb / m
+            if len(shape) == 4:
+                n, _, h, w = shape
+                gx = _nchw(gx.reshape(n, h, w, c))
+        return gx, gw if need_w else None, gb if need_b else None
 
 
 def _column_sum(a: np.ndarray, rows: int = 16) -> np.ndarray:
