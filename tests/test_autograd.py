@@ -606,6 +606,25 @@ class _SquareWrongAt12(_Square):
         return (grad,)
 
 
+class _SquareNanAt12(_Square):
+    """x**2 with a backward that gives NaN at element (1, 2)."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = _Square.backward(ctx, g)
+        grad[1, 2] = np.nan
+        return (grad,)
+
+
+def test_gradcheck_fails_a_nan_gradient():
+    """NaN compares false with every tolerance; it must still count as a mismatch."""
+    x = leaf(np.random.default_rng(8).standard_normal((3, 4)))
+    report = check_gradients(_SquareNanAt12.apply, (x,))
+    assert not report.passed and "(1, 2)" in report.worst
+    with pytest.raises(GradcheckError, match=re.escape("input 0 (1, 2)")):
+        gradcheck(_SquareNanAt12.apply, (x,))
+
+
 def test_gradcheck_passes_a_correct_function_subclass():
     x = leaf(np.random.default_rng(8).standard_normal((3, 4)))
     assert gradcheck(_Square.apply, (x,))
