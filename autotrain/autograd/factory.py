@@ -21,14 +21,6 @@ def generator() -> np.random.Generator:
     return _rng
 
 
-def get_rng_state() -> dict:
-    return _rng.bit_generator.state
-
-
-def set_rng_state(state: dict) -> None:
-    _rng.bit_generator.state = state
-
-
 def _shape(size) -> tuple:
     return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else tuple(size)
 

@@ -40,8 +40,6 @@ class SGD:
     ``state_dict`` can be loaded into a new process's optimizer over the same model.
     """
 
-    defaults_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
-
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         if lr < 0 or not np.isfinite(lr):  # lr=0 is valid, as in torch
