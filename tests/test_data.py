@@ -20,6 +20,7 @@ from PIL import Image
 from autotrain.data import (
     AugmentSpec,
     BatchLoader,
+    normalize_own,
     DatasetSplits,
     load_dataset,
     load_image,
@@ -588,6 +589,19 @@ def test_loader_normalises_per_channel() -> None:
         np.testing.assert_allclose(images, expected, rtol=1e-6)
     assert x[3, 0, 0, 0] == 3.0  # the dataset itself is left untouched
     np.testing.assert_array_equal(x, before)  # float32 batches are normalised in place: on copies
+
+
+def test_normalize_own_is_what_the_loader_yields_bit_for_bit() -> None:
+    """predict normalises with normalize_own; training and evaluation batches must be the
+    very same float32 values, or a model sees other inputs at prediction time."""
+    x, y = identity_data(6, channels=3)
+    x = x + np.float32(0.3)
+    mean, std = [0.1, 0.2, 0.3], [0.3, 0.7, 1.1]
+    (batch, _), = BatchLoader(x, y, 6, mean, std, shuffle=False).epoch(0)
+    np.testing.assert_array_equal(normalize_own(x.copy(), mean, std), batch)
+    as_uint8 = normalize_own(np.full((1, 3, 2, 2), 7, dtype=np.uint8), mean, std)
+    assert as_uint8.dtype == np.float32
+    np.testing.assert_allclose(as_uint8[0, :, 0, 0], (7 - np.array(mean)) / np.array(std), rtol=1e-6)
 
 
 def test_random_crop_shifts_content_with_zero_padding() -> None:

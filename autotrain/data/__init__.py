@@ -10,13 +10,14 @@ or folder at fault.
 
 from autotrain.data.dataset import SOURCES, DatasetSplits, load_dataset, resolve_classes, split_indices
 from autotrain.data.images import IMAGE_EXTENSIONS, load_image
-from autotrain.data.loader import AugmentSpec, BatchLoader, horizontal_flip, random_crop
+from autotrain.data.loader import AugmentSpec, BatchLoader, horizontal_flip, normalize_own, random_crop
 
 __all__ = [
     "SOURCES",
     "IMAGE_EXTENSIONS",
     "AugmentSpec",
     "BatchLoader",
+    "normalize_own",
     "DatasetSplits",
     "horizontal_flip",
     "load_dataset",

@@ -68,6 +68,16 @@ def horizontal_flip(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return images
 
 
+def normalize_own(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(images - mean) / std per channel of NCHW ``images``, as float32: the one definition
+    training, evaluation and prediction share (subtract the mean, multiply by float32(1/std)).
+    ``images`` must be an array nobody else holds: a float32 one is normalised in place."""
+    out = images.astype(np.float32, copy=False)
+    out -= np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    out *= (1.0 / np.asarray(std, dtype=np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
+    return out
+
+
 class BatchLoader:
     """Iterate (x, y) batches of a dataset split, one epoch at a time.
 
@@ -102,8 +112,7 @@ class BatchLoader:
         self.augment = augment if augment is not None and augment.active else None
         self.drop_last = drop_last
         # Shaped for broadcasting over (B, C, H, W); multiply by 1/std rather than divide.
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        self._inv_std = (1.0 / np.asarray(std, dtype=np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
+        self.mean, self.std = list(mean), list(std)
 
     @property
     def num_samples(self) -> int:
@@ -128,14 +137,6 @@ class BatchLoader:
             return np.arange(self.num_samples, dtype=np.int64)
         return self._generator(epoch, _ORDER_STREAM).permutation(self.num_samples)
 
-    def _normalize_own(self, images: np.ndarray) -> np.ndarray:
-        """(images - mean) / std per channel as float32. ``images`` must be a batch nobody else
-        holds (``epoch`` gathers a private copy): a float32 batch is normalised in place."""
-        out = images.astype(np.float32, copy=False)
-        out -= self._mean
-        out *= self._inv_std
-        return out
-
     def _augment(self, images: np.ndarray, epoch: int, batch_index: int) -> np.ndarray:
         spec = self.augment
         rng = self._generator(epoch, _AUGMENT_STREAM, batch_index)
@@ -153,7 +154,8 @@ class BatchLoader:
         order = self.order(epoch)
         for batch_index in range(start_batch, len(self)):
             indices = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-            images = self.x[indices]  # fancy indexing copies, so the dataset is never modified
+            images = self.x[indices]
             if self.augment is not None:
                 images = self._augment(images, epoch, batch_index)
-            yield self._normalize_own(images), self.y[indices].astype(np.int64, copy=False)
+            # Fancy indexing copied the batch (the dataset is never modified): normalise it in place.
+            yield normalize_own(images, self.mean, self.std), self.y[indices].astype(np.int64, copy=False)

@@ -10,7 +10,7 @@ from .. import nn
 from ..autograd.function import no_grad
 from ..autograd.tensor import Tensor
 from ..config import Config, config_from_dict
-from ..data import BatchLoader, load_image
+from ..data import BatchLoader, load_image, normalize_own
 from ..errors import WeightsError
 from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..models import resnet18
@@ -72,11 +72,10 @@ def predict(trained: Trained, images: list[str], top_k: int = 3) -> list[list[tu
     """Top-k (class name, probability) per image file."""
     meta = trained.checkpoint.metadata
     size, channels = meta["image_size"], meta["in_channels"]
-    x = np.stack([load_image(p, size, channels) for p in images]).astype(np.float32)
-    mean = np.asarray(meta["normalisation"]["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta["normalisation"]["std"], np.float32).reshape(1, -1, 1, 1)
+    x = np.stack([load_image(p, size, channels) for p in images])
+    x = normalize_own(x, meta["normalisation"]["mean"], meta["normalisation"]["std"])
     with no_grad():
-        probs = nn.functional.softmax(trained.model(Tensor((x - mean) / std)), dim=1).data
+        probs = nn.functional.softmax(trained.model(Tensor(x)), dim=1).data
     names = meta["class_names"]
     k = min(top_k, probs.shape[1])
     out = []
