@@ -210,6 +210,22 @@ def test_resume_across_the_unfreeze_is_exact(tmp_path: Path, stop_after: str) ->
     assert got.metadata["optimizer_groups"] == want.metadata["optimizer_groups"]
 
 
+def test_a_resumed_finetune_does_not_need_its_pretrained_weights_again(tmp_path: Path) -> None:
+    """The checkpoint holds every weight: a resume must not read model.weights (it would be
+    thrown away), so a run still resumes after that file has moved, and ends as uninterrupted."""
+    weights = tmp_path / "pre.safetensors"
+    save_weights(build_model(tiny_cfg(tmp_path / "pre")).model.state_dict(), weights)
+    overrides = [f"model.weights={weights}", "finetune.freeze_backbone=true", "train.epochs=2"]
+    ref = Trainer(tiny_cfg(tmp_path / "ref", *overrides)).run()
+    cfg = tiny_cfg(tmp_path / "cut", *overrides)
+    with pytest.raises(Interrupted):
+        Trainer(cfg, should_stop=StopAt(3)).run()
+    weights.unlink()
+    Trainer(cfg, resume="auto").run()
+    got, want = load_checkpoint(cfg.output.dir + "/last.safetensors"), load_checkpoint(ref.last_checkpoint)
+    assert_bit_identical(got.model_state, want.model_state, want.model_state)
+
+
 def test_unfreeze_all_keeps_earlier_trainable_parameters_in_the_first_group() -> None:
     setup = build_model(finetune_cfg("finetune.freeze_backbone=false", 'finetune.freeze=["conv1", "bn1", "layer1"]'))
     thawed = unfreeze_all(setup)

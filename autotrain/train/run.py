@@ -219,7 +219,7 @@ class Trainer:
     def _build(self, resumed):
         cfg = self.cfg
         data = load_data(cfg)
-        setup = build_model(cfg, self.config_dir)
+        setup = build_model(cfg, self.config_dir, pretrained=resumed is None)
         train_loader, val_loader = make_loaders(cfg, data)
         self.setup, self.data = setup, data
         self.train_loader, self.val_loader = train_loader, val_loader

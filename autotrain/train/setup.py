@@ -134,16 +134,17 @@ def _load_pretrained(model: nn.Module, path: str, replace_head: bool) -> LoadRep
     return report
 
 
-def build_model(cfg: Config, config_dir: Path | None = None) -> ModelSetup:
+def build_model(cfg: Config, config_dir: Path | None = None, pretrained: bool = True) -> ModelSetup:
     """The model of ``cfg``, seeded by ``cfg.seed``, with weights, freezing and head applied.
 
-    ``model.weights`` is read relative to ``config_dir`` when it is not found as given.
+    ``model.weights`` is read relative to ``config_dir`` when it is not found as given;
+    ``pretrained=False`` skips it (a resumed run loads its checkpoint over every weight).
     """
     m, ft = cfg.model, cfg.finetune
     factory.manual_seed(cfg.seed)
     model = resnet18(num_classes=m.num_classes, in_channels=m.in_channels, width=m.width, stem=m.stem)
     report, weights_path = None, None
-    if m.weights:
+    if m.weights and pretrained:
         weights_path = resolve_weights_path(m.weights, config_dir)
         report = _load_pretrained(model, weights_path, ft.replace_head)
     names = [n for n, _ in model.named_parameters()]
