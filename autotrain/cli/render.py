@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..train.loop import Reporter
+from ..train.run import METRIC_COLUMNS
 
 # soft_wrap: a message stays one line in a pipe or log (no newline inserted inside a path);
 # tables are printed with soft_wrap=False so they still fit the width.
@@ -115,9 +116,8 @@ def history_table(history: list[dict], title: str = "summary") -> Table:
     t = Table(title=title)
     for col in ("epoch", "loss", "acc", "val loss", "val acc", "lr", "img/s", "s"):
         t.add_column(col, justify="right", no_wrap=True)
-    for row in history:
-        t.add_row(*(_fmt(row.get(c), {"lr": 6, "images_per_s": 1, "seconds": 2}.get(c, 4)) for c in
-                    ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")))
+    for row in history:  # the columns of metrics.csv, in its order
+        t.add_row(*(_fmt(row.get(c), {"lr": 6, "images_per_s": 1, "seconds": 2}.get(c, 4)) for c in METRIC_COLUMNS))
     return t
 
 
