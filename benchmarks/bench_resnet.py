@@ -18,6 +18,7 @@ itself), and says so in its output. Tests and CI never change them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,6 +44,8 @@ from autotrain.memory import tune_malloc  # noqa: E402
 SHAPES = {"1x64": (1, 64), "16x64": (16, 64), "32x32": (32, 32), "8x224": (8, 224)}
 PAUSE_S = 0.25  # before each timed call, outside the timing (see time_pair)
 ROWS = ("forward_train", "forward_eval", "forward_backward", "step", "frozen_step")
+# Forward conv+fc FLOPs per row: backward costs two forwards; the frozen step's backward is fc only.
+FLOP_PASSES = {"forward_train": 1, "forward_eval": 1, "forward_backward": 3, "step": 3, "frozen_step": 1}
 
 
 def conv_fc_flops(batch: int, size: int, num_classes: int = 1000, width: int = 64) -> float:
@@ -116,7 +119,7 @@ class Ours:
 
     def forward(self, train=True):
         self.model.train(train)
-        with at.no_grad() if not train else _null():
+        with at.no_grad() if not train else contextlib.nullcontext():
             return self.model(at.tensor(self.x))
 
     def forward_backward(self):
@@ -130,14 +133,6 @@ class Ours:
         loss = at.nn.functional.cross_entropy(self.model(at.tensor(self.x)), self.y)
         loss.backward()
         self.opt.step()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 class Torch:
@@ -266,17 +261,19 @@ def main() -> None:
     for key in args.shapes:
         batch, size = SHAPES[key]
         fwd = conv_fc_flops(batch, size)
-        impls = {"autotrain": Ours(batch, size)}
-        frozen = {"autotrain": Ours(batch, size, frozen=True)}
-        if have_torch:
-            impls["torch"] = Torch(batch, size)
-            frozen["torch"] = Torch(batch, size, frozen=True)
+        models = {}  # (frozen?) -> {framework: model}, built only for the rows asked for
+
+        def pair(frozen: bool) -> dict:
+            if frozen not in models:
+                models[frozen] = {"autotrain": Ours(batch, size, frozen=frozen)}
+                if have_torch:
+                    models[frozen]["torch"] = Torch(batch, size, frozen=frozen)
+            return models[frozen]
+
         for row in args.rows:
-            chosen = frozen if row == "frozen_step" else impls
+            chosen = pair(row == "frozen_step")
             med = time_pair({k: _row_fn(v, row) for k, v in chosen.items()}, args.min_reps, args.budget)
-            flops = fwd * (1 if row.startswith("forward_") and row != "forward_backward" else 3)
-            if row == "frozen_step":
-                flops = fwd
+            flops = fwd * FLOP_PASSES[row]
             ours = med["autotrain"]
             ratio = med["torch"] and ours / med["torch"] if "torch" in med else None
             gf = flops / ours / 1e9
