@@ -22,3 +22,14 @@ def shipped_file(relative: str | Path) -> Path | None:
         return Path(str(packaged))
     checkout = Path(__file__).resolve().parents[1].joinpath(*parts)
     return checkout if checkout.is_file() else None
+
+
+def shipped_names(folder: str, pattern: str = "*") -> list[str]:
+    """The names of the shipped files in ``folder`` ("configs" or "weights") matching
+    ``pattern``: the package data's in a wheel, the checkout's in a source tree."""
+    packaged = resources.files("autotrain").joinpath(_PACKAGED[folder])
+    if packaged.is_dir():
+        root = Path(str(packaged))
+    else:
+        root = Path(__file__).resolve().parents[1] / folder
+    return sorted(p.name for p in root.glob(pattern) if p.is_file())

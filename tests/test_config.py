@@ -78,6 +78,18 @@ def test_default_config_path_unknown_name_lists_shipped():
         default_config_path("nope.yaml")
 
 
+def test_unknown_name_lists_the_installed_wheels_configs(tmp_path, monkeypatch):
+    """In a wheel the configs are package data (autotrain/_configs), not a checkout folder:
+    the list of shipped names must come from there."""
+    import autotrain.resources as res
+
+    (tmp_path / "_configs").mkdir()
+    (tmp_path / "_configs" / "only_in_wheel.yaml").write_text(MINIMAL)
+    monkeypatch.setattr(res.resources, "files", lambda package: tmp_path)
+    with pytest.raises(ConfigError, match=r"nope\.yaml: .*shipped: only_in_wheel\.yaml\)"):
+        default_config_path("nope.yaml")
+
+
 def test_digits_config_values():
     c = load_config(CONFIGS / "digits.yaml")
     model, data = c.model, c.data

@@ -21,7 +21,7 @@ from autotrain.config._yaml import Parsed, YamlProblem, dump_yaml, parse_yaml
 from autotrain.config.messages import Issue, dotted, issues_from, model_at, suggest_key
 from autotrain.config.schema import Config
 from autotrain.errors import ConfigError
-from autotrain.resources import shipped_file
+from autotrain.resources import shipped_file, shipped_names
 
 __all__ = [
     "config_from_dict",
@@ -112,7 +112,7 @@ def default_config_path(name: str) -> Path:
     found = shipped_file(Path("configs") / name)
     if found is not None:
         return found
-    shipped = sorted(p.name for p in Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+    shipped = shipped_names("configs", "*.yaml")
     raise ConfigError([f"{name}: no shipped config of that name (shipped: {', '.join(shipped)})"])
 
 
