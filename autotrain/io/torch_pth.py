@@ -43,6 +43,7 @@ from collections.abc import Callable
 import numpy as np
 
 from autotrain.errors import WeightsError
+from autotrain.io.safetensors_io import read_file_bytes
 
 ZIP_MAGIC = b"PK\x03\x04"
 # pickle protocol 2 of the int 0x1950a86a20f9469cfc6c, which torch writes first in legacy files.
@@ -291,8 +292,9 @@ def _check_view(ref: _TensorRef, source: str, name: str) -> tuple[tuple[int, ...
     return size, stride, offset
 
 
-def _build_tensor(ref: _TensorRef, storage: np.ndarray, source: str, name: str) -> np.ndarray:
-    size, stride, offset = _check_view(ref, source, name)
+def _build_tensor(view: tuple[tuple[int, ...], tuple[int, ...], int], storage: np.ndarray) -> np.ndarray:
+    """The tensor a view checked by ``_check_view`` reads from ``storage``, as its own array."""
+    size, stride, offset = view
     if math.prod(size) == 0:
         return np.empty(size, dtype=storage.dtype)
     itemsize = storage.dtype.itemsize
@@ -327,11 +329,11 @@ def _materialise(
     cache: dict[str, np.ndarray] = {}
     out: dict[str, np.ndarray] = {}
     for name, ref in refs.items():
-        _check_view(ref, source, name)
+        view = _check_view(ref, source, name)  # before the storage is read
         key = ref.storage.key
         if key not in cache:
             cache[key] = load_storage(ref.storage)
-        out[name] = _build_tensor(ref, cache[key], source, name)
+        out[name] = _build_tensor(view, cache[key])
     return out
 
 
@@ -489,10 +491,4 @@ def read_pth_bytes(data: bytes, source: str) -> dict[str, np.ndarray]:
 def read_pth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a ``torch.save``-d state dict from ``path`` (see the module docstring)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return read_pth_bytes(data, str(path))
+    return read_pth_bytes(read_file_bytes(path), str(path))
