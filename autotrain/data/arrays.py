@@ -104,9 +104,7 @@ def grey_to_model_input(images: np.ndarray, max_value: float, image_size: int,
     for start in range(0, images.shape[0], step):
         chunk = images[start : start + step].astype(np.float32) / np.float32(max_value)
         out[start : start + step, 0] = resize_stack(chunk, image_size)
-    if in_channels == 3:
-        out = np.repeat(out, 3, axis=1)
-    return out
+    return convert_channels(out, in_channels, "grey images")
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:

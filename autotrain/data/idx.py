@@ -26,7 +26,6 @@ from autotrain.data.arrays import dataset_error
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dims
 LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dim
-SPLITS = ("train", "t10k")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,6 @@ from autotrain.io.safetensors_io import read_file_bytes
 ZIP_MAGIC = b"PK\x03\x04"
 # pickle protocol 2 of the int 0x1950a86a20f9469cfc6c, which torch writes first in legacy files.
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
-LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
 LEGACY_PROTOCOL_VERSION = 1001
 
 # Zip-bomb limits: an entry above this size must not claim a compression ratio above

@@ -2,7 +2,7 @@
 
 :func:`load_weights` recognises the format by content, not by name: a zip holding
 ``<folder>/data.pkl`` is a torch ``.pth``, a zip of ``.npy`` members is ``.npz``, a pickle
-starting with torch's legacy magic is a legacy ``.pth``, anything else is read as
+is read as a legacy ``.pth`` (whose reader checks torch's magic number), anything else as
 safetensors; an autotrain checkpoint (safetensors with the checkpoint format tag) gives
 its model state only. Loaded float tensors must be finite. :func:`save_weights` picks the format
 from the extension (``.safetensors`` or ``.npz``) and writes atomically.
