@@ -158,13 +158,17 @@ class SGD:
 
     def state_dict(self) -> dict:
         """{"state": {position: {"momentum_buffer": array}}, "param_groups": [hyper-params + positions]}."""
+        state = {i: {k: v.copy() for k, v in s.items()} for i, s in enumerate(self.state) if s}
+        return {"state": state, "param_groups": self.param_groups_meta()}
+
+    def param_groups_meta(self) -> list[dict]:
+        """Each group's hyper-parameters, with its parameters as positions (as in state_dict)."""
         groups, start = [], 0
         for group in self.param_groups:
             n = len(group["params"])
             groups.append({**{k: group[k] for k in group if k != "params"}, "params": list(range(start, start + n))})
             start += n
-        state = {i: {k: v.copy() for k, v in s.items()} for i, s in enumerate(self.state) if s}
-        return {"state": state, "param_groups": groups}
+        return groups
 
     def load_state_dict(self, state_dict: dict) -> None:
         groups = state_dict["param_groups"]

@@ -113,12 +113,9 @@ def make_loaders(cfg: Config, data: DatasetSplits) -> tuple[BatchLoader, BatchLo
 
 
 def _optimizer_tensors(opt: SGD, names: list[str]) -> dict[str, np.ndarray]:
-    """Momentum buffers under ``momentum_buffer.<parameter name>``."""
-    out = {}
-    for i, s in opt.state_dict()["state"].items():
-        for k, v in s.items():
-            out[f"{k}.{names[i]}"] = v
-    return out
+    """Momentum buffers under ``momentum_buffer.<parameter name>`` (the live arrays: a
+    checkpoint encodes them at once, so no copy as state_dict would make)."""
+    return {f"{k}.{names[i]}": v for i, s in enumerate(opt.state) for k, v in s.items()}
 
 
 def _load_optimizer(opt: SGD, tensors: dict[str, np.ndarray], names: list[str], source: Path) -> None:
@@ -135,19 +132,9 @@ def _load_optimizer(opt: SGD, tensors: dict[str, np.ndarray], names: list[str], 
         raise WeightsError(f"{source}: optimizer state names parameters the model does not train: "
                            + ", ".join(sorted(unknown)[:5]))
     try:
-        opt.load_state_dict({"state": state, "param_groups": _optimizer_groups_meta(opt)})
+        opt.load_state_dict({"state": state, "param_groups": opt.param_groups_meta()})
     except ValueError as err:
         raise WeightsError(f"{source}: optimizer state does not fit the model: {err}") from None
-
-
-def _optimizer_groups_meta(opt: SGD) -> list[dict]:
-    """Each group's hyper-parameters and parameter positions (no buffers copied)."""
-    groups, start = [], 0
-    for g in opt.param_groups:
-        n = len(g["params"])
-        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(start, start + n))})
-        start += n
-    return groups
 
 
 def _metrics_csv(history: list[dict]) -> bytes:
@@ -270,7 +257,7 @@ class Trainer:
             "best_val_acc": self.best,
             "finished": finished,
             "unfrozen": self.unfrozen,
-            "optimizer_groups": _optimizer_groups_meta(self.optimizer),
+            "optimizer_groups": self.optimizer.param_groups_meta(),
             "schedule": {"name": self.cfg.schedule.name, "steps_per_epoch": len(self.train_loader),
                          "lr": self._lr(self.position["step"])},
             "normalisation": {"mean": self.data.mean, "std": self.data.std},
