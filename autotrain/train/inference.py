@@ -9,13 +9,12 @@ import numpy as np
 from .. import nn
 from ..autograd.function import no_grad
 from ..autograd.tensor import Tensor
-from ..config import Config, config_from_dict
+from ..config import Config
 from ..data import BatchLoader, load_image, normalize_own
-from ..errors import WeightsError
 from ..io.checkpoint import Checkpoint, load_checkpoint
-from ..models import resnet18
 from .loop import confusion_matrix, evaluate, per_class_precision_recall
 from .run import EVAL_BATCH, load_data
+from .setup import checkpoint_config, load_model_state, model_from_config
 
 
 @dataclass
@@ -29,16 +28,9 @@ class Trained:
 def load_trained(path: str) -> Trained:
     """The model of a checkpoint, in eval mode, with its weights loaded (WeightsError if unusable)."""
     ckpt = load_checkpoint(path)
-    try:
-        cfg = config_from_dict(ckpt.metadata["config"])
-    except Exception as err:
-        raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
-    m = cfg.model
-    model = resnet18(num_classes=m.num_classes, in_channels=m.in_channels, width=m.width, stem=m.stem)
-    try:
-        model.load_state_dict(ckpt.model_state, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"{path}: {err}") from None
+    cfg = checkpoint_config(ckpt, path)
+    model = model_from_config(cfg.model)
+    load_model_state(model, ckpt.model_state, path)
     model.eval()
     return Trained(model, cfg, ckpt, str(path))
 

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
-from ..config import Config, config_from_dict, config_to_dict, config_to_yaml, diff_configs
+from ..config import Config, config_to_dict, config_to_yaml, diff_configs
 from ..data import AugmentSpec, BatchLoader, DatasetSplits, load_dataset
 from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
 from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files, encode_checkpoint,
@@ -29,7 +29,7 @@ from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_sta
                              rotate_checkpoints, saved_step)
 from ..optim import SGD, scheduled_lr
 from .loop import EpochSums, Reporter, evaluate, train_step
-from .setup import build_model, set_train_mode, unfreeze_all
+from .setup import build_model, checkpoint_config, load_model_state, set_train_mode, unfreeze_all
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
 RUN_FILES = ("config.yaml", "metrics.csv", LAST_NAME, BEST_NAME)
@@ -187,10 +187,7 @@ class Trainer:
         else:
             path = Path(self.resume)
             ckpt = load_checkpoint(path)
-        try:
-            saved = config_from_dict(ckpt.metadata["config"])
-        except (KeyError, ConfigError) as err:
-            raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
+        saved = checkpoint_config(ckpt, path)
         # seed decides the train/validation split and the batch order, so it is data too.
         # What is frozen and when it thaws decides which parameters the optimizer state is for.
         differ = diff_configs(saved, self.cfg, ("seed", "model", "data", "finetune"))
@@ -221,10 +218,7 @@ class Trainer:
             if meta.get("unfrozen"):
                 unfreeze_all(setup)
                 unfrozen = True
-            try:
-                setup.model.load_state_dict(ckpt.model_state, strict=True)
-            except RuntimeError as err:
-                raise WeightsError(f"{path}: {err}") from None
+            load_model_state(setup.model, ckpt.model_state, path)
             self.position = {k: int(meta["position"][k]) for k in ("epoch", "batch", "step")}
             self.sums = EpochSums(**meta.get("epoch_sums", {}))
             self.history = list(meta.get("history", []))

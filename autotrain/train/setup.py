@@ -16,8 +16,9 @@ import numpy as np
 
 from .. import nn
 from ..autograd import factory
-from ..config import Config
+from ..config import Config, ModelConfig, config_from_dict
 from ..errors import ConfigError, WeightsError
+from ..io.checkpoint import Checkpoint
 from ..io.weights import LoadReport, load_weights, match_state_dict
 from ..models import resnet18
 from ..resources import shipped_file
@@ -142,7 +143,7 @@ def build_model(cfg: Config, config_dir: Path | None = None, pretrained: bool = 
     """
     m, ft = cfg.model, cfg.finetune
     factory.manual_seed(cfg.seed)
-    model = resnet18(num_classes=m.num_classes, in_channels=m.in_channels, width=m.width, stem=m.stem)
+    model = model_from_config(m)
     report, weights_path = None, None
     if m.weights and pretrained:
         weights_path = resolve_weights_path(m.weights, config_dir)
@@ -160,6 +161,27 @@ def build_model(cfg: Config, config_dir: Path | None = None, pretrained: bool = 
                 bn_eval.append(mname)
     return ModelSetup(model, [n for n in names if n not in set(frozen)], frozen, report,
                       weights_path, bool(m.weights) and ft.replace_head, bn_eval)
+
+
+def model_from_config(m: ModelConfig) -> nn.Module:
+    """The (randomly initialised) network ``m`` describes."""
+    return resnet18(num_classes=m.num_classes, in_channels=m.in_channels, width=m.width, stem=m.stem)
+
+
+def checkpoint_config(ckpt: Checkpoint, path) -> Config:
+    """The validated config a checkpoint was trained with; WeightsError naming ``path``."""
+    try:
+        return config_from_dict(ckpt.metadata["config"])
+    except (KeyError, ConfigError) as err:
+        raise WeightsError(f"{path}: checkpoint holds no valid config ({err})") from None
+
+
+def load_model_state(model: nn.Module, state: dict, path) -> None:
+    """Load a checkpoint's model state strictly; WeightsError naming ``path`` on a mismatch."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"{path}: {err}") from None
 
 
 def resolve_weights_path(path: str, config_dir: Path | None) -> str:
