@@ -44,15 +44,15 @@ class ModelSetup:
 
         Without ``backbone_lr_mult``: one group at ``base_lr``. With it, the backbone gets a
         second group at ``base_lr * backbone_lr_mult`` (its ``lr_mult`` key keeps the factor
-        under a schedule): the parameters thawed by :func:`unfreeze_all` when there are
-        any (what trained before keeps its lr), else every non-head parameter.
+        under a schedule): the parameters thawed by :func:`unfreeze_all`, while what trained
+        before keeps its lr. (The trainer asks for the multiplier only after a thaw.)
         """
         params = dict(self.model.named_parameters())
         trainable = set(self.trainable)
         names = [n for n in params if n in trainable]
         if backbone_lr_mult is None:
             return [{"params": [params[n] for n in names], "lr": base_lr, "names": names}]
-        slow = set(self.thawed) if self.thawed else {n for n in names if not _is_head(n)}
+        slow = set(self.thawed)
         fast_names = [n for n in names if n not in slow]
         slow_names = [n for n in names if n in slow]
         groups = [{"params": [params[n] for n in fast_names], "lr": base_lr, "names": fast_names}]
