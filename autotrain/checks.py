@@ -165,6 +165,9 @@ def all_cases() -> list[Case]:
         _conv_case("conv2d_7x7_stride2", (1, 2, 9, 9), (3, 2, 7, 7), False, 2, 3, 1),
         # Few pixels, many output channels: the stride-1 input gradient takes the col2im path.
         _conv_case("conv2d_few_pixels", (1, 2, 2, 2), (8, 2, 3, 3), False, 1, 1, 1),
+        # More than 64 output channels: the weight gradient's other matmul orientation.
+        Case("conv2d_many_channels", _conv_case("", (2, 2, 3, 3), (72, 2, 3, 3), True, 1, 1, 1).build,
+             max_elements=60),
         # A 1x1 map: the taps around the centre read only padding and are dropped.
         _conv_case("conv2d_1x1_map", (2, 3, 1, 1), (4, 3, 3, 3), True, 1, 1, 1),
         unary("max_pool2d", lambda a: F.max_pool2d(a, 2, 2), (2, 3, 4, 4), _distinct),

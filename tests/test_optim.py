@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -286,11 +288,13 @@ def test_zero_learning_rate_is_allowed_as_in_torch():
     np.testing.assert_array_equal(p.data, [1.0, 1.0])
 
 
-def test_large_update_in_blocks_and_threads_equals_whole_array_rule():
+def test_large_update_in_blocks_and_threads_equals_whole_array_rule(monkeypatch):
     """Above PARALLEL_MIN elements the update runs in cache-sized blocks over threads; a
     channels-last weight (its gradient in the same memory order) and a C-order one must come
     out bit-identical to the rule applied to whole arrays."""
     from autotrain.optim import sgd as sgd_module
+
+    monkeypatch.setattr(sgd_module.os, "cpu_count", lambda: 2)  # the threaded path, on any runner
 
     rng = np.random.default_rng(7)
     shape_cl = (64, 3, 3, 400)  # (O, KH, KW, C) memory viewed as (O, C, KH, KW)
@@ -343,3 +347,30 @@ def test_a_gradient_in_another_memory_order_gives_the_same_update_and_is_left_al
         ref_p = ref_p - np.float32(0.1) * buf
         np.testing.assert_array_equal(p.data, ref_p)
         np.testing.assert_array_equal(p.grad.data, g_before)
+
+
+# --- learning-rate schedules (values written out by hand, not computed by the code under test)
+
+def test_constant_and_step_schedules():
+    from autotrain.optim import scheduled_lr
+
+    assert [scheduled_lr(0.1, "constant", s, 10, 5) for s in (0, 9, 49)] == [0.1, 0.1, 0.1]
+    # step_size 2 epochs of 10 steps, gamma 0.5: epochs 0-1 at 0.1, 2-3 at 0.05, 4 at 0.025.
+    got = [scheduled_lr(0.1, "step", s, 10, 5, step_size=2, gamma=0.5) for s in (0, 19, 20, 39, 40, 49)]
+    assert got == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rel=1e-15)
+
+
+def test_linear_warmup_then_cosine():
+    from autotrain.optim import scheduled_lr
+
+    # 1 warmup epoch of 4 steps: 0.025, 0.05, 0.075, 0.1; then cosine over the 8 remaining steps.
+    got = [scheduled_lr(0.1, "cosine", s, 4, 3, warmup_epochs=1) for s in range(12)]
+    warm = [0.025, 0.05, 0.075, 0.1]
+    cosine = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert got == pytest.approx(warm + cosine, rel=1e-12)
+    assert got[4] == pytest.approx(0.1) and got[8] == pytest.approx(0.05)  # start and halfway
+    assert scheduled_lr(0.1, "cosine", 12, 4, 3, warmup_epochs=1) == pytest.approx(0.0, abs=1e-18)  # past the end
+    # Warmup applies to the step schedule too.
+    assert scheduled_lr(0.2, "step", 1, 4, 3, warmup_epochs=1, step_size=1, gamma=0.5) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown schedule 'poly'"):
+        scheduled_lr(0.1, "poly", 0, 4, 3)
