@@ -165,7 +165,8 @@ def select_grad(g: np.ndarray, mask: np.ndarray, out: np.ndarray | None = None,
 def relu_grad(g: np.ndarray, out: np.ndarray) -> np.ndarray:
     """ReLU's backward from its output, as torch's threshold_backward: ``g`` where out > 0 or
     out is NaN, 0 where out <= 0 (exactly 0 at the kink). Always a new array."""
-    passes = np.less_equal(out, 0, out=np.empty(np.shape(out), dtype=bool))
+    # empty_like keeps out's memory layout (channels-last): the product keeps it too.
+    passes = np.less_equal(out, 0, out=np.empty_like(out, dtype=bool))
     return select_grad(g, np.logical_not(passes, out=passes))  # in place: one mask array
 
 
