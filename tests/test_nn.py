@@ -703,3 +703,16 @@ def test_batchnorm_refuses_one_value_per_channel_in_training_as_torch():
         bn(at.tensor(np.ones((1, 3, 1, 1), np.float32)))
     bn.eval()
     assert bn(at.tensor(np.ones((1, 3, 1, 1), np.float32))).shape == (1, 3, 1, 1)
+
+
+def test_relu_gradient_keeps_the_channels_last_layout():
+    """Kernels hand each other NCHW views of NHWC memory; a ReLU gradient in another order
+    would make the next kernel copy it."""
+    from autotrain.autograd.ops import relu_grad
+
+    rng = np.random.default_rng(44)
+    out = np.maximum(rng.standard_normal((2, 3, 3, 5)), 0).transpose(0, 3, 1, 2)
+    g = rng.standard_normal((2, 3, 3, 5)).transpose(0, 3, 1, 2)
+    got = relu_grad(g, out)
+    assert got.strides == g.strides
+    np.testing.assert_array_equal(got, np.where(out > 0, g, 0.0))
