@@ -374,3 +374,25 @@ def test_train_reads_the_same_finetune_section(tmp_path: Path) -> None:
     file = load_weights(SHIPPED)
     assert state["conv1.weight"].tobytes() == file["conv1.weight"].tobytes()
     assert state["layer2.0.conv1.weight"].tobytes() != file["layer2.0.conv1.weight"].tobytes()
+
+
+def test_progress_reports_the_epochs_exact_running_means(tmp_path: Path) -> None:
+    """What the progress bar shows after the last batch is the epoch row's train loss and
+    accuracy (sample-weighted, as metrics.csv), not a mean of per-batch means."""
+    from autotrain.train.loop import Reporter
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.batches, self.rows = [], []
+
+        def on_batch_end(self, epoch, batch, loss, acc, lr):
+            self.batches.append((epoch, loss, acc))
+
+        def on_epoch_end(self, row):
+            self.rows.append(row)
+
+    rec = Recorder()
+    Trainer(tiny_cfg(tmp_path, "train.epochs=2"), reporter=rec).run()
+    for epoch, row in enumerate(rec.rows):
+        _, loss, acc = [b for b in rec.batches if b[0] == epoch][-1]
+        assert loss == pytest.approx(row["train_loss"], rel=1e-12) and acc == pytest.approx(row["train_acc"], rel=1e-12)

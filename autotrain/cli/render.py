@@ -36,7 +36,6 @@ class RichReporter(Reporter):
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task = None
-        self.running = (0.0, 0.0, 0)
 
     def on_start(self, info: dict) -> None:
         if self.quiet:
@@ -77,7 +76,6 @@ class RichReporter(Reporter):
         console.print(text, markup=False)
 
     def on_epoch_start(self, epoch: int, epochs: int, batches: int, start_batch: int) -> None:
-        self.running = (0.0, 0.0, 0)
         if self.quiet:
             return
         self.progress = Progress(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
@@ -87,12 +85,8 @@ class RichReporter(Reporter):
         self.task = self.progress.add_task("train", total=batches, completed=start_batch, stats="")
 
     def on_batch_end(self, epoch: int, batch: int, loss: float, acc: float, lr: float) -> None:
-        total_loss, total_acc, n = self.running
-        self.running = (total_loss + loss, total_acc + acc, n + 1)
         if self.progress is not None:
-            n += 1
-            self.progress.update(self.task, advance=1,
-                                 stats=f"loss {self.running[0] / n:.4f} acc {self.running[1] / n:.3f} lr {lr:.2e}")
+            self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f} acc {acc:.3f} lr {lr:.2e}")
 
     def on_eval_start(self, epoch: int) -> None:
         if self.progress is not None:

@@ -352,7 +352,7 @@ class Trainer:
                                        f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})")
             self.sums.add(loss, correct, len(y))
             pos.update(epoch=epoch, batch=b + 1, step=pos["step"] + 1)
-            self.reporter.on_batch_end(epoch, b, loss, correct / len(y), lr)
+            self.reporter.on_batch_end(epoch, b, self.sums.mean_loss, self.sums.accuracy, lr)
             signum = self.should_stop()
             if signum:
                 self.sums.seconds += time.perf_counter() - t0
