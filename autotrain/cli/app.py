@@ -220,12 +220,12 @@ def config_show(config: Annotated[Path, typer.Argument(help="YAML config file.")
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) written by train.")],
              set_: SetOpt = None):
     """Accuracy, per-class precision/recall and the confusion matrix on the validation split."""
-    from ..config import config_from_yaml_text, config_to_yaml, diff_configs
+    from ..config import config_from_dict, config_to_dict, diff_configs
     from ..train.inference import evaluate_checkpoint, load_trained
 
     with _errors():
         trained = load_trained(str(checkpoint))
-        cfg = config_from_yaml_text(config_to_yaml(trained.config), str(checkpoint), set_ or [])
+        cfg = config_from_dict(config_to_dict(trained.config), str(checkpoint), set_ or [])
         # The checkpoint is the model, and its seed made the train/validation split: --set may
         # only point it at other data (another seed would evaluate on training images).
         changed = diff_configs(trained.config, cfg, ("seed", "model"))

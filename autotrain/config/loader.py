@@ -72,11 +72,14 @@ def config_from_yaml_text(
     return _config_from_text(text, source, overrides)
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
-    """Validate a plain mapping (e.g. ``config_to_dict`` output) with the file rules."""
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>", overrides: Sequence[str] = ()) -> Config:
+    """Validate a plain mapping (e.g. ``config_to_dict`` output, a checkpoint's config) with
+    the file rules, after ``overrides`` as in ``load_config``; ``data`` is not modified."""
     if not isinstance(data, Mapping):
         raise ConfigError([f"{source}: top level must be a mapping, not {type(data).__name__}"])
-    return _validate(dict(data), source, Parsed(data), [])
+    own = copy.deepcopy(dict(data)) if overrides else dict(data)
+    problems, applied = _apply_overrides(own, overrides)
+    return _validate(own, source, Parsed(data), problems, applied)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -147,8 +150,14 @@ def _config_from_text(text: str, source: str, overrides: Sequence[str]) -> Confi
         f"(lines {d.first_line} and {d.second_line})"
         for d in parsed.duplicates
     ]
+    more, applied = _apply_overrides(parsed.data, overrides)  # parsed.data is ours: set in place
+    return _validate(parsed.data, source, parsed, problems + more, applied)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[list[str], list[_Override]]:
+    """Set each ``dotted.key=value`` override on ``data`` in place: (problems, those applied)."""
+    problems: list[str] = []
     applied: list[_Override] = []
-    data = copy.deepcopy(parsed.data)
     for item in overrides:
         try:
             override = _parse_override(item)
@@ -156,7 +165,7 @@ def _config_from_text(text: str, source: str, overrides: Sequence[str]) -> Confi
             applied.append(override)
         except ConfigError as err:
             problems.extend(err.problems)
-    return _validate(data, source, parsed, problems, applied)
+    return problems, applied
 
 
 def _located(source: str, err: YamlProblem) -> str:
