@@ -244,8 +244,7 @@ def _from_imagefolder(root: Path, image_size: int, in_channels: int, num_classes
     _check_class_count(selected, names, classes, num_classes, root, noun="class folders")
     chosen = [names[i] for i in selected]
     decoded = decode_folder(root, chosen, image_size, in_channels)
-    info = {"skipped_files": decoded.skipped, "num_skipped": len(decoded.skipped),
-            "num_ignored_files": decoded.ignored}
+    info = {"skipped_files": decoded.skipped, "num_ignored_files": decoded.ignored}
     return _Pooled(x=decoded.x, y=decoded.y, class_names=chosen, info=info)
 
 
@@ -320,7 +319,6 @@ def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: i
         "val_source": val_source,
         "train_class_counts": np.bincount(train_y, minlength=len(pooled.class_names)).tolist(),
         "skipped_files": [],
-        "num_skipped": 0,
     }
     info.update(pooled.info)
     return DatasetSplits(
