@@ -297,3 +297,13 @@ def _index(index):
     if isinstance(index, tuple):
         return tuple(i.data if isinstance(i, Tensor) else i for i in index)
     return index
+
+
+def zero_grads(tensors, set_to_none: bool = True) -> None:
+    """Forget (``set_to_none``, torch's default) or zero in place the ``.grad`` of each tensor:
+    Module.zero_grad and SGD.zero_grad."""
+    for t in tensors:
+        if set_to_none:
+            t.grad = None
+        elif t.grad is not None:
+            t.grad.data[...] = 0

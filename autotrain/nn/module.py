@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from ..autograd.tensor import Tensor, zero_grads
 
 
 class Parameter(Tensor):
@@ -115,23 +115,28 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+    def _named_members(self, registries: tuple[str, ...], prefix: str = "",
+                       dedup: bool = False) -> Iterator[tuple[str, Tensor]]:
+        """Each module's non-None entries of ``registries``, depth first, under dotted names;
+        with ``dedup`` a tensor shared by two modules appears once (as torch's parameters)."""
         seen = set()
         for mname, mod in self.named_modules(prefix):
-            for k, p in mod._parameters.items():
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    yield (f"{mname}.{k}" if mname else k), p
+            for registry in registries:
+                for k, t in getattr(mod, registry).items():
+                    if t is None or (dedup and id(t) in seen):
+                        continue
+                    seen.add(id(t))
+                    yield (f"{mname}.{k}" if mname else k), t
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        return self._named_members(("_parameters",), prefix, dedup=True)
 
     def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
             yield p
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        for mname, mod in self.named_modules(prefix):
-            for k, b in mod._buffers.items():
-                if b is not None:
-                    yield (f"{mname}.{k}" if mname else k), b
+        return self._named_members(("_buffers",), prefix)
 
     def buffers(self) -> Iterator[Tensor]:
         for _, b in self.named_buffers():
@@ -140,11 +145,7 @@ class Module:
     # --- state ----------------------------------------------------------------------------------
     def _named_state(self) -> Iterator[tuple[str, Tensor]]:
         """Parameters then buffers of each module, depth first: torch's state_dict order."""
-        for mname, mod in self.named_modules():
-            for registry in (mod._parameters, mod._buffers):
-                for k, t in registry.items():
-                    if t is not None:
-                        yield (f"{mname}.{k}" if mname else k), t
+        return self._named_members(("_parameters", "_buffers"))
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of every parameter and buffer, under torch's dotted names."""
@@ -191,11 +192,7 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.parameters():
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.data[...] = 0
+        zero_grads(self.parameters(), set_to_none)
 
     def _cast(self, dtype) -> "Module":
         """Cast floating parameters and buffers in place (identity kept, so optimizers still hold them)."""

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..autograd.tensor import Tensor
+from ..autograd.tensor import Tensor, zero_grads
 
 CHUNK = 65536  # elements per block: p, grad, momentum and a temporary stay in a core's L2 (measured)
 PARALLEL_MIN = 1 << 20  # below this many elements, threads cost more than they save
@@ -85,12 +85,7 @@ class SGD:
                 i += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.data[...] = 0
+        zero_grads((p for _, _, p in self._positions()), set_to_none)
 
     def step(self) -> None:
         """One update of every parameter that has a gradient, in place.
