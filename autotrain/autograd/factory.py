@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tensor import Tensor
+from .tensor import Tensor, dims_arg
 
 _rng = np.random.default_rng()
 
@@ -19,10 +19,6 @@ def manual_seed(seed: int) -> np.random.Generator:
 def generator() -> np.random.Generator:
     """The global generator (parameter initialisation draws from it)."""
     return _rng
-
-
-def _shape(size) -> tuple:
-    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else tuple(size)
 
 
 def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
@@ -48,21 +44,21 @@ def from_numpy(array: np.ndarray) -> Tensor:
 
 
 def zeros(*size, dtype=np.float32, requires_grad: bool = False) -> Tensor:
-    return Tensor(np.zeros(_shape(size), dtype=dtype), requires_grad=requires_grad)
+    return Tensor(np.zeros(dims_arg(size), dtype=dtype), requires_grad=requires_grad)
 
 
 def ones(*size, dtype=np.float32, requires_grad: bool = False) -> Tensor:
-    return Tensor(np.ones(_shape(size), dtype=dtype), requires_grad=requires_grad)
+    return Tensor(np.ones(dims_arg(size), dtype=dtype), requires_grad=requires_grad)
 
 
 def rand(*size, dtype=np.float32, requires_grad: bool = False) -> Tensor:
     """Uniform on [0, 1)."""
-    return Tensor(_rng.random(_shape(size), dtype=np.float64).astype(dtype), requires_grad=requires_grad)
+    return Tensor(_rng.random(dims_arg(size), dtype=np.float64).astype(dtype), requires_grad=requires_grad)
 
 
 def randn(*size, dtype=np.float32, requires_grad: bool = False) -> Tensor:
     """Standard normal."""
-    return Tensor(_rng.standard_normal(_shape(size)).astype(dtype), requires_grad=requires_grad)
+    return Tensor(_rng.standard_normal(dims_arg(size)).astype(dtype), requires_grad=requires_grad)
 
 
 def zeros_like(t: Tensor, requires_grad: bool = False) -> Tensor:

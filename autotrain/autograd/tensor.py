@@ -247,7 +247,7 @@ class Tensor:
         return self.sum(ax, keepdims if keepdim is None else keepdim) / count
 
     def reshape(self, *shape) -> "Tensor":
-        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = dims_arg(shape)
         return ops.Reshape.apply(self, shape=shape)
 
     view = reshape
@@ -258,7 +258,7 @@ class Tensor:
         return self.reshape(shape)
 
     def permute(self, *dims) -> "Tensor":
-        dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        dims = dims_arg(dims)
         return ops.Permute.apply(self, axes=tuple(d % self.ndim for d in dims))
 
     def transpose(self, dim0: int = 0, dim1: int = 1) -> "Tensor":
@@ -307,3 +307,8 @@ def zero_grads(tensors, set_to_none: bool = True) -> None:
             t.grad = None
         elif t.grad is not None:
             t.grad.data[...] = 0
+
+
+def dims_arg(args: tuple) -> tuple:
+    """torch's two spellings of a shape or dims argument: ``f(2, 3)`` and ``f((2, 3))``."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
