@@ -211,22 +211,24 @@ class Trainer:
         self.sums = EpochSums()
         self.history: list[dict] = []
         self.best: float | None = None
-        unfrozen = False
         if resumed is not None:
             path, ckpt = resumed
             meta = ckpt.metadata
             if meta.get("unfrozen"):
                 unfreeze_all(setup)
-                unfrozen = True
             load_model_state(setup.model, ckpt.model_state, path)
             self.position = {k: int(meta["position"][k]) for k in ("epoch", "batch", "step")}
             self.sums = EpochSums(**meta.get("epoch_sums", {}))
             self.history = list(meta.get("history", []))
             self.best = meta.get("best_val_acc")
-        self.unfrozen = unfrozen
         self.optimizer = self._make_optimizer()
         if resumed is not None:
             _load_optimizer(self.optimizer, resumed[1].optimizer_state, self._trainable_names(), resumed[0])
+
+    @property
+    def unfrozen(self) -> bool:
+        """Whether the frozen parameters have thawed (finetune.unfreeze_at_epoch)."""
+        return bool(self.setup.thawed)
 
     def _trainable_names(self) -> list[str]:
         return [n for g in self.optimizer.param_groups for n in g["names"]]
@@ -327,7 +329,6 @@ class Trainer:
         if at is None or self.unfrozen or epoch < at:
             return
         names = unfreeze_all(self.setup)
-        self.unfrozen = True
         # What trained so far keeps its momentum (matched by name, since the groups are
         # re-ordered); the backbone joins as a new group at a lower lr.
         old = dict(zip(self._trainable_names(), self.optimizer.state))
