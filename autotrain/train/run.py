@@ -147,7 +147,9 @@ def _metrics_csv(history: list[dict]) -> bytes:
 
 
 def _epoch_wrote_best(history: list[dict], finished: bool) -> bool:
-    """Whether ``_end_epoch`` saved best.safetensors at the last epoch of ``history``."""
+    """Whether the last epoch of ``history`` writes best.safetensors: it beat every earlier
+    val_acc, or (no validation split) it is the final epoch. ``_end_epoch`` decides by it, and
+    resume's repair reads the same answer back."""
     if not history:
         return False
     final = history[-1].get("val_acc")
@@ -210,7 +212,6 @@ class Trainer:
         self.position = {"epoch": 0, "batch": 0, "step": 0}
         self.sums = EpochSums()
         self.history: list[dict] = []
-        self.best: float | None = None
         if resumed is not None:
             path, ckpt = resumed
             meta = ckpt.metadata
@@ -220,10 +221,14 @@ class Trainer:
             self.position = {k: int(meta["position"][k]) for k in ("epoch", "batch", "step")}
             self.sums = EpochSums(**meta.get("epoch_sums", {}))
             self.history = list(meta.get("history", []))
-            self.best = meta.get("best_val_acc")
         self.optimizer = self._make_optimizer()
         if resumed is not None:
             _load_optimizer(self.optimizer, resumed[1].optimizer_state, self._trainable_names(), resumed[0])
+
+    @property
+    def best(self) -> float | None:
+        """The best validation accuracy so far (None without a validation split)."""
+        return max((r["val_acc"] for r in self.history if r.get("val_acc") is not None), default=None)
 
     @property
     def unfrozen(self) -> bool:
@@ -386,15 +391,12 @@ class Trainer:
         pos.update(epoch=row["epoch"], batch=0)
         self.sums = EpochSums()
         finished = row["epoch"] == cfg.train.epochs
-        improved = row["val_acc"] is not None and (self.best is None or row["val_acc"] > self.best)
-        if improved:
-            self.best = row["val_acc"]
         atomic_write_bytes(self.out / "metrics.csv", _metrics_csv(self.history))
         # epoch-N, last and best of one epoch hold the same bytes: encoded once, written in
         # this order (resume's repair of a cut-short epoch end relies on it).
         names = [epoch_checkpoint_name(row["epoch"])] if cfg.output.keep_last > 0 else []
         names.append(LAST_NAME)
-        if improved or (self.val_loader is None and finished):
+        if _epoch_wrote_best(self.history, finished):
             names.append(BEST_NAME)
         self._save(names, finished, state)
         rotate_checkpoints(self.out, cfg.output.keep_last)
