@@ -31,13 +31,21 @@ class ModelSetup:
     """A model ready to train, and what the config did to it."""
 
     model: nn.Module
-    trainable: list[str]
-    frozen: list[str]
     load_report: LoadReport | None = None
     weights_path: str | None = None
     head_replaced: bool = False
     bn_eval_modules: list[str] = field(default_factory=list)
     thawed: list[str] = field(default_factory=list)  # frozen at first, trainable since unfreeze_all
+
+    @property
+    def trainable(self) -> list[str]:
+        """Names of the parameters that require a gradient, in model order."""
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the parameters that do not, in model order."""
+        return [n for n, p in self.model.named_parameters() if not p.requires_grad]
 
     def parameter_groups(self, base_lr: float, backbone_lr_mult: float | None = None) -> list[dict]:
         """Optimizer groups over the trainable parameters only, each in model order.
@@ -159,8 +167,7 @@ def build_model(cfg: Config, config_dir: Path | None = None, pretrained: bool = 
         for mname, mod in model.named_modules():
             if isinstance(mod, nn.BatchNorm2d) and f"{mname}.weight" in frozen_set:
                 bn_eval.append(mname)
-    return ModelSetup(model, [n for n in names if n not in set(frozen)], frozen, report,
-                      weights_path, bool(m.weights) and ft.replace_head, bn_eval)
+    return ModelSetup(model, report, weights_path, bool(m.weights) and ft.replace_head, bn_eval)
 
 
 def model_from_config(m: ModelConfig) -> nn.Module:
@@ -215,8 +222,6 @@ def unfreeze_all(setup: ModelSetup) -> list[str]:
     names = list(setup.frozen)
     for n in names:
         params[n].requires_grad = True
-    setup.trainable = [n for n in params]
-    setup.frozen = []
     setup.thawed = [n for n in params if n in set(setup.thawed) | set(names)]
     setup.bn_eval_modules = []
     return names
