@@ -223,16 +223,22 @@ def test_every_storage_type(tmp_path: Path, stype: str, raw: bytes, expected: np
     np.testing.assert_array_equal(got, expected)
 
 
-def test_big_endian_zip(tmp_path: Path) -> None:
-    data = B.program(B.ordered_dict([("t", B.tensor("FloatStorage", "0", 3, 0, (3,), (1,)))]))
+@pytest.mark.parametrize("stype, raw, expected", [
+    ("FloatStorage", np.array([1, 2, 3], ">f4").tobytes(), np.array([1, 2, 3], np.float32)),
+    ("LongStorage", np.array([1, -2, 3], ">i8").tobytes(), np.array([1, -2, 3], np.int64)),
+    # bfloat16 is the upper half of a float32: 1.0 = 0x3F80, -2.0 = 0xC000, 0.5 = 0x3F00.
+    ("BFloat16Storage", np.array([0x3F80, 0xC000, 0x3F00], ">u2").tobytes(), np.array([1, -2, 0.5], np.float32)),
+])
+def test_big_endian_zip(tmp_path: Path, stype: str, raw: bytes, expected: np.ndarray) -> None:
+    data = B.program(B.ordered_dict([("t", B.tensor(stype, "0", 3, 0, (3,), (1,)))]))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("model/data.pkl", data)
         zf.writestr("model/byteorder", "big")
-        zf.writestr("model/data/0", np.array([1, 2, 3], ">f4").tobytes())
+        zf.writestr("model/data/0", raw)
     got = read_pth(write(tmp_path, buffer.getvalue()))["t"]
-    assert got.dtype == np.float32 and got.dtype.isnative
-    np.testing.assert_array_equal(got, [1, 2, 3])
+    assert got.dtype == expected.dtype and got.dtype.isnative
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_storage_size_must_match_its_record(tmp_path: Path) -> None:

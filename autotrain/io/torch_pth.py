@@ -248,13 +248,14 @@ def _unpickle(f: io.BytesIO, source: str, what: str, **kwargs: Any) -> tuple[Any
 # --------------------------------------------------------------------------- tensors
 
 
-def _storage_array(raw: bytes | memoryview, ref: _StorageRef, source: str) -> np.ndarray:
-    """Decode one storage's bytes (exactly numel elements) to a native 1-d array."""
+def _storage_array(raw: bytes | memoryview, ref: _StorageRef, source: str, byteorder: str = "<") -> np.ndarray:
+    """Decode one storage's bytes (exactly numel elements, in ``byteorder``: "<" little, ">"
+    big endian) to a native 1-d array."""
     if len(raw) != ref.numel * ref.stype.dtype.itemsize:
         raise WeightsError(
             f"{source}: storage {_show(ref.key)} holds {len(raw)} bytes, expected {ref.numel} x {ref.stype.dtype.itemsize}"
         )
-    array = np.frombuffer(raw, dtype=ref.stype.dtype)
+    array = np.frombuffer(raw, dtype=ref.stype.dtype.newbyteorder(byteorder))
     if ref.stype.name == "BFloat16Storage":
         return (array.astype(np.uint32) << 16).view(np.float32)
     if ref.stype.name == "BoolStorage" and array.size and array.view(np.uint8).max() > 1:
@@ -393,32 +394,16 @@ def read_pth_zip_bytes(data: bytes, source: str) -> dict[str, np.ndarray]:
     with zf:
         check_zip_sizes(infos, len(data), source)
         prefix = _find_record_prefix([i.filename for i in infos], source)
-        big_endian = _zip_byteorder(zf, prefix, source) == "big"
+        byteorder = ">" if _zip_byteorder(zf, prefix, source) == "big" else "<"
         pkl = _read_member(zf, prefix + "data.pkl", source)
         obj, _ = _unpickle(io.BytesIO(pkl), source, "data.pkl", legacy=False)
         refs = _select_state_dict(obj, source)
 
         def load_storage(ref: _StorageRef) -> np.ndarray:
             raw = _read_member(zf, f"{prefix}data/{ref.key}", source)
-            return _big_endian_storage(raw, ref, source) if big_endian else _storage_array(raw, ref, source)
+            return _storage_array(raw, ref, source, byteorder)
 
         return _materialise(refs, load_storage, source)
-
-
-def _big_endian_storage(raw: bytes, ref: _StorageRef, source: str) -> np.ndarray:
-    if ref.stype.name == "BFloat16Storage":
-        swapped = np.frombuffer(raw, dtype=">u2").astype("<u2").tobytes()
-        return _storage_array(swapped, ref, source)
-    # _storage_array converts the big-endian values to native order
-    return _storage_array(raw, _StorageRef(ref.key, _BigEndian(ref.stype), ref.numel), source)
-
-
-class _BigEndian(_StorageType):
-    __slots__ = ()
-
-    def __init__(self, base: _StorageType) -> None:
-        object.__setattr__(self, "name", base.name)
-        object.__setattr__(self, "dtype", base.dtype.newbyteorder(">"))
 
 
 # --------------------------------------------------------------------------- legacy layout
