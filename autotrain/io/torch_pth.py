@@ -384,26 +384,42 @@ def _zip_byteorder(zf: zipfile.ZipFile, prefix: str, source: str) -> str:
     return order
 
 
-def read_pth_zip_bytes(data: bytes, source: str) -> dict[str, np.ndarray]:
-    """Read a zip-layout ``.pth`` held in memory; ``source`` names it in errors."""
+def open_zip(data: bytes, source: str) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """Open a zip held in memory and check its entries' sizes (zip bombs) before anything is
+    read from it: (archive, entries). WeightsError naming ``source`` otherwise."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
     except Exception as exc:
         raise WeightsError(f"{source}: not a readable zip file: {type(exc).__name__}: {_one_line(exc)}") from None
-    with zf:
+    try:
         check_zip_sizes(infos, len(data), source)
-        prefix = _find_record_prefix([i.filename for i in infos], source)
-        byteorder = ">" if _zip_byteorder(zf, prefix, source) == "big" else "<"
-        pkl = _read_member(zf, prefix + "data.pkl", source)
-        obj, _ = _unpickle(io.BytesIO(pkl), source, "data.pkl", legacy=False)
-        refs = _select_state_dict(obj, source)
+    except WeightsError:
+        zf.close()
+        raise
+    return zf, infos
 
-        def load_storage(ref: _StorageRef) -> np.ndarray:
-            raw = _read_member(zf, f"{prefix}data/{ref.key}", source)
-            return _storage_array(raw, ref, source, byteorder)
 
-        return _materialise(refs, load_storage, source)
+def read_pth_zip_bytes(data: bytes, source: str) -> dict[str, np.ndarray]:
+    """Read a zip-layout ``.pth`` held in memory; ``source`` names it in errors."""
+    zf, infos = open_zip(data, source)
+    with zf:
+        return read_pth_zip(zf, infos, source)
+
+
+def read_pth_zip(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], source: str) -> dict[str, np.ndarray]:
+    """Read a zip-layout ``.pth`` from an archive :func:`open_zip` opened and checked."""
+    prefix = _find_record_prefix([i.filename for i in infos], source)
+    byteorder = ">" if _zip_byteorder(zf, prefix, source) == "big" else "<"
+    pkl = _read_member(zf, prefix + "data.pkl", source)
+    obj, _ = _unpickle(io.BytesIO(pkl), source, "data.pkl", legacy=False)
+    refs = _select_state_dict(obj, source)
+
+    def load_storage(ref: _StorageRef) -> np.ndarray:
+        raw = _read_member(zf, f"{prefix}data/{ref.key}", source)
+        return _storage_array(raw, ref, source, byteorder)
+
+    return _materialise(refs, load_storage, source)
 
 
 # --------------------------------------------------------------------------- legacy layout

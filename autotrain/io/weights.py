@@ -25,19 +25,9 @@ from autotrain.errors import ConfigError, WeightsError
 from autotrain.io.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from autotrain.io.checkpoint import atomic_write_bytes, checkpoint_from_safetensors
 from autotrain.io.safetensors_io import read_file_bytes, read_safetensors_bytes, safetensors_bytes
-from autotrain.io.torch_pth import ZIP_MAGIC, check_zip_sizes, read_pth_legacy_bytes, read_pth_zip_bytes
+from autotrain.io.torch_pth import ZIP_MAGIC, open_zip, read_pth_legacy_bytes, read_pth_zip
 
 SAVE_FORMATS = (".safetensors", ".npz")
-
-
-def _zip_names(data: bytes, source: str) -> list[str]:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-    except Exception as exc:  # BadZipFile, truncated central directory, ...
-        raise WeightsError(f"{source}: not a readable zip file: {type(exc).__name__}") from None
-    check_zip_sizes(infos, len(data), source)
-    return [info.filename for info in infos]
 
 
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -86,9 +76,11 @@ def _read_npz(data: bytes, source: str) -> dict[str, np.ndarray]:
 
 
 def _read_zip(data: bytes, source: str) -> dict[str, np.ndarray]:
-    names = _zip_names(data, source)
-    if any(name.endswith("/data.pkl") for name in names):
-        return read_pth_zip_bytes(data, source)
+    zf, infos = open_zip(data, source)  # opened and size-checked once, whichever format it is
+    with zf:
+        names = [info.filename for info in infos]
+        if any(name.endswith("/data.pkl") for name in names):
+            return read_pth_zip(zf, infos, source)
     if names and all(name.endswith(".npy") for name in names):
         return _read_npz(data, source)
     raise WeightsError(f"{source}: zip archive is neither a torch .pth nor an .npz")
