@@ -50,6 +50,14 @@ def write_one_field(tmp_path: Path, section: str, text: str) -> tuple[Path, int]
     return write(tmp_path, f"{MINIMAL}{section}:\n  {text}\n"), 4
 
 
+def assert_one_field_refused(tmp_path: Path, section: str, text: str, field: str, shown: str, rule: str) -> None:
+    """One problem line: the file, the field, the value as shown, the rule, and the line."""
+    path, line_no = write_one_field(tmp_path, section, text)
+    line = only_problem(path)
+    assert line.startswith(f"{path}: {field}: {shown} — "), line
+    assert rule in line and line.endswith(f"(line {line_no})"), line
+
+
 def only_problem(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
     lines = problems(path, overrides)
     assert len(lines) == 1, lines
@@ -172,10 +180,7 @@ def test_int_is_accepted_for_a_float_field(tmp_path):
     ],
 )
 def test_wrong_types_are_refused(tmp_path, section, text, field, shown, rule):
-    path, line_no = write_one_field(tmp_path, section, text)
-    line = only_problem(path)
-    assert line.startswith(f"{path}: {field}: {shown} — "), line
-    assert rule in line and line.endswith(f"(line {line_no})")
+    assert_one_field_refused(tmp_path, section, text, field, shown, rule)
 
 
 def test_yaml11_on_off_are_booleans_where_booleans_are_expected(tmp_path):
@@ -205,10 +210,7 @@ def test_yaml11_on_off_are_booleans_where_booleans_are_expected(tmp_path):
     ],
 )
 def test_out_of_range_values(tmp_path, section, text, field, shown, rule):
-    path, _ = write_one_field(tmp_path, section, text)
-    line = only_problem(path)
-    assert line.startswith(f"{path}: {field}: {shown} — "), line
-    assert rule in line
+    assert_one_field_refused(tmp_path, section, text, field, shown, rule)
 
 
 # --- YAML syntax and safety ----------------------------------------------------------
