@@ -169,6 +169,8 @@ class OutputConfig(_Section):
 
     dir: NonEmptyStr = "runs/digits"
     keep_last: int = Field(2, ge=0, description="checkpoints kept; 0 keeps only the final one")
+    report: bool = Field(False, description="write report/ (figures and index.html) when the run finishes")
+    tensorboard: bool = Field(False, description="write TensorBoard event files under tb/")
 
 
 class FinetuneConfig(_Section):

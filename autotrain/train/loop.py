@@ -27,9 +27,58 @@ class Reporter:
     def on_batch_end(self, epoch: int, batch: int, loss: float, acc: float, lr: float) -> None:
         """``loss``/``acc``: the epoch's exact running means so far (what its row will show,
         across a mid-epoch resume too)."""
+    def on_step(self, step: int, loss: float, lr: float) -> None:
+        """After each optimizer step: ``step`` the 1-based global step, ``loss`` that batch's
+        mean loss, ``lr`` the base learning rate it used."""
     def on_eval_start(self, epoch: int) -> None: ...
     def on_epoch_end(self, row: dict) -> None: ...
     def on_checkpoint(self, path: str) -> None: ...
+    def on_finish(self) -> None:
+        """The run stopped (finished, interrupted or failed): release files. Called once."""
+
+
+class Reporters(Reporter):
+    """Several reporters as one: each event goes to each of them, in order. The trainer
+    talks to one Reporter, so adding a logger (TensorBoard) changes no call site."""
+
+    def __init__(self, *reporters: Reporter):
+        self.reporters = reporters
+
+    def on_start(self, info):
+        for r in self.reporters:
+            r.on_start(info)
+
+    def on_message(self, text):
+        for r in self.reporters:
+            r.on_message(text)
+
+    def on_epoch_start(self, epoch, epochs, batches, start_batch):
+        for r in self.reporters:
+            r.on_epoch_start(epoch, epochs, batches, start_batch)
+
+    def on_batch_end(self, epoch, batch, loss, acc, lr):
+        for r in self.reporters:
+            r.on_batch_end(epoch, batch, loss, acc, lr)
+
+    def on_step(self, step, loss, lr):
+        for r in self.reporters:
+            r.on_step(step, loss, lr)
+
+    def on_eval_start(self, epoch):
+        for r in self.reporters:
+            r.on_eval_start(epoch)
+
+    def on_epoch_end(self, row):
+        for r in self.reporters:
+            r.on_epoch_end(row)
+
+    def on_checkpoint(self, path):
+        for r in self.reporters:
+            r.on_checkpoint(path)
+
+    def on_finish(self):
+        for r in self.reporters:
+            r.on_finish()
 
 
 @dataclass
@@ -64,6 +113,7 @@ class EvalResult:
     accuracy: float
     predictions: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # (N, classes) softmax, if asked
 
 
 def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where: str) -> tuple[float, int]:
@@ -84,14 +134,15 @@ def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where:
     return value, correct
 
 
-def evaluate(model: nn.Module, loader) -> EvalResult:
-    """Mean loss and accuracy over a loader, under no_grad with the model in eval mode.
+def evaluate(model: nn.Module, loader, probabilities: bool = False) -> EvalResult:
+    """Mean loss and accuracy over a loader, under no_grad with the model in eval mode;
+    with ``probabilities`` also each sample's softmax (for reports; training skips it).
 
     The model's previous train/eval flags are restored afterwards.
     """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    total, preds, labels = 0.0, [], []
+    total, preds, labels, probs = 0.0, [], [], []
     try:
         with no_grad():
             for x, y in loader.epoch(0):
@@ -99,13 +150,15 @@ def evaluate(model: nn.Module, loader) -> EvalResult:
                 total += float(F.cross_entropy(logits, y, reduction="sum").data)
                 preds.append(logits.data.argmax(axis=1))
                 labels.append(y)
+                if probabilities:
+                    probs.append(F.softmax(logits, dim=1).data)
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
     if not labels:
         return EvalResult(float("nan"), float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64))
     p, y = np.concatenate(preds), np.concatenate(labels)
-    return EvalResult(total / len(y), float((p == y).mean()), p, y)
+    return EvalResult(total / len(y), float((p == y).mean()), p, y, np.concatenate(probs) if probs else None)
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_sta
                              epoch_checkpoint_name, latest_valid_checkpoint, load_checkpoint,
                              rotate_checkpoints, saved_step)
 from ..optim import SGD, scheduled_lr
-from .loop import EpochSums, Reporter, evaluate, train_step
+from .loop import EpochSums, Reporter, Reporters, evaluate, train_step
 from .setup import build_model, checkpoint_config, load_model_state, set_train_mode, unfreeze_all
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds")
@@ -162,6 +162,17 @@ def _epoch_wrote_best(history: list[dict], finished: bool) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
+def _with_loggers(cfg: Config, reporter: Reporter) -> Reporter:
+    """The caller's reporter plus the loggers the config asks for (output.tensorboard): the
+    one place that decides which files a run logs to. Raises ConfigError before anything
+    trains when a logger's optional dependency is missing."""
+    if not cfg.output.tensorboard:
+        return reporter
+    from .tensorboard_log import TensorBoardLogger
+
+    return Reporters(reporter, TensorBoardLogger(Path(cfg.output.dir) / "tb"))
+
+
 class Trainer:
     """One run of a config; ``run()`` trains from scratch or from a checkpoint to the end."""
 
@@ -171,7 +182,7 @@ class Trainer:
         self.cfg = cfg
         self.resume = resume
         self.overwrite = overwrite
-        self.reporter = reporter or Reporter()
+        self.reporter = _with_loggers(cfg, reporter or Reporter())
         self.should_stop = should_stop
         self.config_dir = config_dir
         self.out = Path(cfg.output.dir)
@@ -358,6 +369,7 @@ class Trainer:
                                        f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})")
             self.sums.add(loss, correct, len(y))
             pos.update(epoch=epoch, batch=b + 1, step=pos["step"] + 1)
+            self.reporter.on_step(pos["step"], loss, lr)
             self.reporter.on_batch_end(epoch, b, self.sums.mean_loss, self.sums.accuracy, lr)
             signum = self.should_stop()
             if signum:
@@ -404,6 +416,12 @@ class Trainer:
         self.reporter.on_epoch_end(row)
 
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:
+            self.reporter.on_finish()
+
+    def _run(self) -> RunResult:
         cfg = self.cfg
         check_output_dir(self.out, self.resume, self.overwrite)
         resumed = self._resume_checkpoint()
