@@ -11,7 +11,10 @@ import pytest
 from autotrain.errors import WeightsError
 from autotrain.io import convert, load_weights, read_pth, save_weights
 
-torch = pytest.importorskip("torch")
+from conftest import require
+
+# Outside CI these tests skip without torch; in CI (.ci/run installs torch) a missing torch fails.
+torch = require("torch")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "weights"
@@ -113,4 +116,9 @@ def test_fixture_logits_reproduce_from_our_converted_weights(tmp_path: Path) -> 
     expected = np.load(WEIGHTS / "resnet18_w8_expected.npz")
     with torch.no_grad():
         logits = model(torch.from_numpy(expected["x"]))
-    np.testing.assert_array_equal(logits.numpy(), expected["logits"])
+    # Not bit-exact: the fixture was computed by torch on another CPU, and torch's float32
+    # convolutions pick their summation order per CPU (oneDNN), so a fresh run here differs by
+    # ~1 ulp on most logits (max 5.9e-6 relative seen on an AMD EPYC, 1 or 4 threads alike).
+    # 1e-5 relative (+1e-6 absolute for logits near zero; they are O(1)) admits that rounding
+    # and still fails on any wrongly converted tensor, which moves logits by far more.
+    np.testing.assert_allclose(logits.numpy(), expected["logits"], rtol=1e-5, atol=1e-6)

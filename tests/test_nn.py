@@ -605,11 +605,14 @@ def test_relu_gradients_follow_torch_threshold_backward_for_inf_and_nan(kind):
     np.testing.assert_array_equal(x.grad.data, [[[[0.0, 1.0, 5.0, np.nan]]]])
 
 
+MAXPOOL_TIES_NAN = np.array([[[[1.0, np.nan, 3.0], [np.nan, 5.0, 6.0], [7.0, 8.0, 9.0]],
+                              [[2.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]], dtype=np.float32)
+
+
 def test_max_pool_routes_ties_to_the_first_tap_and_nan_windows_to_their_last_nan():
     """torch's CPU rule: a tie goes to the first maximum in scan order; a window holding NaN
     outputs NaN and its gradient goes to the last NaN in scan order."""
-    X = np.array([[[[1.0, np.nan, 3.0], [np.nan, 5.0, 6.0], [7.0, 8.0, 9.0]],
-                   [[2.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]], dtype=np.float32)
+    X = MAXPOOL_TIES_NAN
     x = at.tensor(X, requires_grad=True)
     out = F.max_pool2d(x, 3, 1, 0)
     assert np.isnan(out.data[0, 0, 0, 0]) and out.data[0, 1, 0, 0] == 2.0
@@ -618,8 +621,17 @@ def test_max_pool_routes_ties_to_the_first_tap_and_nan_windows_to_their_last_nan
     expected[0, 0, 1, 0] = 3.0  # the last NaN (row 1, col 0), not the first (row 0, col 1)
     expected[0, 1, 0, 0] = 4.0  # the first of three tied 2.0s
     np.testing.assert_array_equal(x.grad.data, expected)
-    torch = pytest.importorskip("torch")
-    tx = torch.tensor(X, requires_grad=True)
+
+
+def test_max_pool_ties_and_nan_windows_match_torch():
+    """The same windows through torch (a separate test, so that without torch the engine test
+    above still counts as passed and this one alone is skipped)."""
+    from conftest import require
+
+    torch = require("torch")
+    x = at.tensor(MAXPOOL_TIES_NAN, requires_grad=True)
+    F.max_pool2d(x, 3, 1, 0).backward(at.tensor(np.array([[[[3.0]], [[4.0]]]], dtype=np.float32)))
+    tx = torch.tensor(MAXPOOL_TIES_NAN, requires_grad=True)
     torch.nn.functional.max_pool2d(tx, 3, 1, 0).backward(torch.tensor([[[[3.0]], [[4.0]]]]))
     np.testing.assert_array_equal(x.grad.data, tx.grad.numpy())
 

@@ -111,7 +111,9 @@ def test_a_checkpoint_converts_to_a_bare_state_dict(tmp_path: Path) -> None:
 
 
 def test_width64_torchvision_layout_saved_by_torch_gives_torch_logits(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    from conftest import require
+
+    torch = require("torch")
     import torch_reference
 
     gen = torch.Generator().manual_seed(0)
