@@ -277,8 +277,23 @@ def test_idx_data_trains_with_the_digits_config(tmp_path, run_cli):
     assert meta["image_size"] == 28 and meta["config"]["data"]["source"] == "idx"
     assert meta["data_info"]["num_train"] == 200 and meta["data_info"]["val_source"] == "t10k files"
     _, rows = read_metrics(out)
-    assert len(rows) == 1 and 0.0 <= float(rows[0]["val_acc"]) <= 1.0
-    assert np.isfinite(float(rows[0]["train_loss"]))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
+    assert_row_matches_evaluation(rows[0], out / "last.safetensors", n_train=200, n_val=60)
+
+
+def assert_row_matches_evaluation(row: dict, checkpoint: Path, n_train: int, n_val: int) -> None:
+    """A metrics.csv row against the checkpoint of that epoch evaluated afresh (the code path
+    of `autotrain evaluate`): the same validation accuracy and loss, and accuracies that are
+    whole counts of the split sizes."""
+    from autotrain.train.inference import evaluate_checkpoint, load_trained
+
+    report = evaluate_checkpoint(load_trained(str(checkpoint)))
+    assert report.count == n_val
+    assert float(row["val_acc"]) == pytest.approx(report.accuracy, abs=0.5 / n_val)
+    assert float(row["val_loss"]) == pytest.approx(report.loss, rel=1e-5)
+    for column, n in (("val_acc", n_val), ("train_acc", n_train)):
+        count = float(row[column]) * n
+        assert abs(count - round(count)) < 1e-6, (column, row[column], n)
 
 
 def test_run_files_metrics_effective_config_and_keep_last(tmp_path, run_cli):
@@ -299,8 +314,11 @@ def test_run_files_metrics_effective_config_and_keep_last(tmp_path, run_cli):
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5]
     for row in rows:
         assert all(row[c] != "" for c in COLUMNS), row
-        assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["val_acc"]) <= 1
         assert float(row["images_per_s"]) > 0 and float(row["seconds"]) > 0
+    info = load_checkpoint(out / "last.safetensors").metadata["data_info"]
+    for epoch in (4, 5):  # the epochs whose checkpoints keep_last=2 keeps
+        assert_row_matches_evaluation(rows[epoch - 1], out / f"epoch-{epoch}.safetensors",
+                                      info["num_train"], info["num_val"])
     lrs = [float(row["lr"]) for row in rows]
     assert lrs == sorted(lrs, reverse=True) and lrs[0] < 0.02  # cosine, per step
 
