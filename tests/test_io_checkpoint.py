@@ -125,8 +125,10 @@ def test_missing_foreign_and_garbage_files(tmp_path: Path) -> None:
         load_checkpoint(plain)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 3)
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError) as info:
         load_checkpoint(garbage)
+    assert str(info.value) == (f"{garbage}: not a safetensors file: 3 bytes, shorter than the "
+                               "8-byte header length")
 
 
 # ----------------------------------------------------------------------------- atomic write

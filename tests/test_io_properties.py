@@ -96,7 +96,10 @@ def test_damaged_checkpoint(flips, cut) -> None:
         path.write_bytes(data)
         try:
             loaded = load_checkpoint(path)
-        except WeightsError:
+        except WeightsError as err:
+            # refused the way a user sees it: one line naming the file, exit 3
+            assert err.exit_code == 3 and "\n" not in str(err), str(err)
+            assert str(err).startswith(f"{path}: "), str(err)
             return
     # a damaged file that still loads must be byte-identical in content (the hash held)
     for name, array in STATE.items():
