@@ -6,6 +6,7 @@ The library reports through ``Reporter`` callbacks and returns data; only this m
 from __future__ import annotations
 
 import math
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -44,7 +45,8 @@ class RichReporter(Reporter):
         where = f"resumed from {resumed} at epoch {info['position']['epoch'] + 1}" if resumed else "new run"
         console.print(f"[bold]{escape(info['run_dir'])}[/]: {escape(where)}; {info['train_samples']} train / "
                       f"{info['val_samples']} val images, {len(info['classes'])} classes; "
-                      f"{info['parameters']:,} parameters ({info['trainable']:,} trainable)")
+                      f"{info['parameters']:,} parameters ({info['trainable']:,} trainable)"
+                      f"{escape(_cache_note((info.get('data_info') or {}).get('cache')))}")
         skipped = (info.get("data_info") or {}).get("skipped_files") or []
         if skipped:
             first = skipped[0]
@@ -75,6 +77,24 @@ class RichReporter(Reporter):
     def on_message(self, text: str) -> None:
         console.print(text, markup=False)
 
+    def on_data_progress(self, done: int, total: int) -> None:
+        """A transient bar with images/s while an image folder decodes."""
+        if self.quiet:
+            return
+        if self.progress is None:
+            self._decode_start = time.perf_counter()
+            self.progress = Progress(TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                     console=console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("decode", total=total, rate="")
+        elapsed = time.perf_counter() - self._decode_start
+        rate = f"{done / elapsed:,.0f} img/s" if elapsed > 0 else ""
+        self.progress.update(self.task, completed=done, rate=rate)
+        if done >= total:
+            self.progress.stop()
+            self.progress = None
+
     def on_epoch_start(self, epoch: int, epochs: int, batches: int, start_batch: int) -> None:
         if self.quiet:
             return
@@ -104,6 +124,18 @@ class RichReporter(Reporter):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _cache_note(cache: dict | None) -> str:
+    """The start line's tail saying where decoded images are kept (imagefolder only)."""
+    if not cache:
+        return ""
+    if cache["status"] == "memory":
+        return "; images decoded into memory (data.cache off)" if cache["setting"] == "off" \
+            else "; images decoded into memory (the cache folder is not writable)"
+    size = cache["bytes"]
+    shown = f"{size / 1e6:,.1f} MB" if size >= 1e6 else f"{size / 1e3:,.1f} kB"
+    return f"; data cache {cache['path']} ({cache['status']}, {shown})"
 
 
 def history_table(history: list[dict], title: str = "summary") -> Table:

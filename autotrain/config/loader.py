@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Pointing a finetune run at other weights does not change what the model *is*.
-_NOT_A_DIFFERENCE = frozenset({"model.weights"})
+_NOT_A_DIFFERENCE = frozenset({"model.weights", "data.cache"})
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def diff_configs(
     a: Config, b: Config, sections: Iterable[str] = ("model", "data")
 ) -> list[str]:
     """Dotted fields of ``sections`` whose values differ between ``a`` and ``b``, in
-    schema order; ``model.weights`` never counts (it says where weights came from)."""
+    schema order; ``model.weights`` never counts (it says where weights came from), nor
+    ``data.cache`` (where decoded images are kept; the pixels are the same)."""
     flat_a, flat_b = _flatten(config_to_dict(a)), _flatten(config_to_dict(b))
     prefixes = tuple(sections)
     return [

@@ -61,6 +61,15 @@ def _list_to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _cache_setting(value: Any) -> Any:
+    # YAML reads an unquoted `off` as false (and `on` as true): take them as meant.
+    if value is False:
+        return "off"
+    if value is True:
+        return "auto"
+    return value
+
+
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 StrTuple = Annotated[tuple[NonEmptyStr, ...], BeforeValidator(_list_to_tuple)]
@@ -99,6 +108,10 @@ class DataConfig(_Section):
         None, description="keep only these labels, relabelled 0..len-1 in this order"
     )
     augment: AugmentConfig = AugmentConfig()
+    cache: Annotated[NonEmptyStr, BeforeValidator(_cache_setting)] = Field(
+        "auto", description="imagefolder's decoded uint8 images: auto (user cache dir), off (RAM), "
+        "or a file/folder path"
+    )
 
     @field_validator("classes", mode="before")
     @classmethod

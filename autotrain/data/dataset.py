@@ -1,9 +1,15 @@
 """``load_dataset``: every source to one shape of result, split and described.
 
-All sources end the same way: float32 NCHW images in 0..1 at ``image_size`` x
-``image_size`` with ``in_channels`` channels (not normalised), int64 labels 0..k-1, a
-seeded train/validation split, and per-channel mean/std of the training split only (so no
-validation pixel leaks into the normalisation).
+All sources end the same way: NCHW images in 0..1 at ``image_size`` x ``image_size`` with
+``in_channels`` channels (not normalised), int64 labels 0..k-1, a seeded train/validation
+split, and per-channel mean/std of the training split only (so no validation pixel leaks
+into the normalisation).
+
+Two stores hold the images. The imagefolder decodes into uint8 rows (``cache.ImageRows``),
+in RAM or in a memory-mapped cache file (``cache``: "auto", "off", or a path), and a split
+is a view of row indices, never a copy. The digits, IDX and npz sources are held in RAM as
+float32 arrays, as before: their values (digits 0..16 upsampled, resized IDX, float npz)
+are not all multiples of 1/255, so a uint8 store would change them.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -22,9 +28,11 @@ from autotrain.data.arrays import (
     grey_to_model_input,
     resize_stack,
 )
+from autotrain.data import cache as image_cache
+from autotrain.data.cache import ImageRows
 from autotrain.data.digits import DIGITS_CLASS_NAMES, DIGITS_MAX_VALUE, load_digits_raw
 from autotrain.data.idx import read_idx_folder
-from autotrain.data.images import decode_folder, list_classes
+from autotrain.data.images import decode_listing, list_classes, list_folder
 from autotrain.data.npz import read_npz
 from autotrain.errors import ConfigError
 
@@ -36,7 +44,9 @@ DIGITS_WHERE = "built-in dataset 'digits'"
 class DatasetSplits:
     """A loaded dataset, ready for BatchLoader.
 
-    train_x, val_x: float32 (N, C, S, S), pixel values 0..1, NOT normalised.
+    train_x, val_x: (N, C, S, S) pixel values 0..1, NOT normalised: float32 arrays, or
+        for the imagefolder ``ImageRows`` (uint8 rows read as float32 by indexing or
+        ``np.asarray``; the loader takes their uint8 rows directly).
     train_y, val_y: int64 (N,), labels 0..len(class_names)-1.
     class_names: the original name of each label ("5" for digit 5 even when relabelled 0).
     mean, std: per-channel statistics of train_x (population std; 1.0 for a flat channel).
@@ -44,9 +54,9 @@ class DatasetSplits:
         validation split came from, skipped undecodable files and why.
     """
 
-    train_x: np.ndarray
+    train_x: np.ndarray | ImageRows
     train_y: np.ndarray
-    val_x: np.ndarray
+    val_x: np.ndarray | ImageRows
     val_y: np.ndarray
     class_names: list[str]
     mean: list[float]
@@ -194,7 +204,7 @@ def _require_samples(labels: np.ndarray, names: list[str], selected: list[int], 
 class _Pooled:
     """Images ready for the model, before the train/validation split."""
 
-    x: np.ndarray
+    x: np.ndarray | ImageRows
     y: np.ndarray
     class_names: list[str]
     fixed_val: tuple[np.ndarray, np.ndarray] | None = None
@@ -237,15 +247,51 @@ def _from_idx(folder: Path, image_size: int, in_channels: int, num_classes: int,
     return _Pooled(x=x, y=y, class_names=[names[i] for i in selected], fixed_val=fixed_val, info=info)
 
 
+def _file_facts(listing) -> list[list]:
+    """[relative name, label, size, mtime_ns] of each listed file: what the cache key sees."""
+    facts = []
+    for path, label in zip(listing.paths, listing.labels):
+        stat = path.stat()
+        facts.append([os.path.relpath(path, listing.root), label, stat.st_size, stat.st_mtime_ns])
+    return facts
+
+
 def _from_imagefolder(root: Path, image_size: int, in_channels: int, num_classes: int,
-                      classes: Sequence[int | str] | None) -> _Pooled:
+                      classes: Sequence[int | str] | None, cache: str | None,
+                      progress: Callable[[int, int], None] | None, notify: Callable[[str], None] | None,
+                      ) -> _Pooled:
     names = list_classes(root)
     selected = resolve_classes(classes, names, root)
     _check_class_count(selected, names, classes, num_classes, root, noun="class folders")
     chosen = [names[i] for i in selected]
-    decoded = decode_folder(root, chosen, image_size, in_channels)
-    info = {"skipped_files": decoded.skipped, "num_ignored_files": decoded.ignored}
-    return _Pooled(x=decoded.x, y=decoded.y, class_names=chosen, info=info)
+    listing = list_folder(root, chosen)
+    made_from = {"source": "imagefolder", "path": str(root.resolve()), "image_size": image_size,
+                 "in_channels": in_channels, "classes": chosen}
+    key = image_cache.fingerprint(dict(made_from, files=_file_facts(listing))) \
+        if cache not in (None, "off") else ""
+
+    def build(sink) -> dict[str, Any]:
+        skipped = decode_listing(listing, image_size, in_channels, sink, progress)
+        return {"skipped_files": skipped, "num_ignored_files": listing.ignored}
+
+    cached, where = image_cache.load_or_build(
+        cache, f"imagefolder-{_safe_name(root)}-{image_size}px-{in_channels}ch", key, made_from,
+        len(listing.paths), in_channels, image_size, build, notify)
+    info = {"skipped_files": cached.extra.get("skipped_files", []),
+            "num_ignored_files": cached.extra.get("num_ignored_files", listing.ignored),
+            "cache": where.as_dict()}
+    return _Pooled(x=cached.rows, y=cached.labels, class_names=chosen, info=info)
+
+
+def _safe_name(root: Path) -> str:
+    """The folder's name, reduced to characters safe in a file name (for the cache file)."""
+    name = root.resolve().name or "root"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+def _take(x: np.ndarray | ImageRows, positions: np.ndarray) -> np.ndarray | ImageRows:
+    """Rows ``positions`` of a pooled store: a view of an ImageRows, a copy of an array."""
+    return x.subset(positions) if isinstance(x, ImageRows) else x[positions]
 
 
 def _from_npz(path: Path, image_size: int, in_channels: int, num_classes: int,
@@ -264,7 +310,9 @@ def _from_npz(path: Path, image_size: int, in_channels: int, num_classes: int,
 
 def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: int,
                  in_channels: int, num_classes: int, val_fraction: float = 0.2,
-                 classes: list[int] | list[str] | None = None, seed: int = 0) -> DatasetSplits:
+                 classes: list[int] | list[str] | None = None, seed: int = 0, cache: str | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 notify: Callable[[str], None] | None = None) -> DatasetSplits:
     """Load ``source`` and return seeded train/validation splits with train-only statistics.
 
     source: "digits" (built in; ``path`` is ignored), "idx" (a folder of MNIST-format
@@ -277,6 +325,12 @@ def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: i
         gives empty validation arrays of shape (0, C, S, S) and (0,).
     classes: optional subset, relabelled 0..k-1 in the given order (see resolve_classes).
     seed: seeds the split (np.random.default_rng(seed)).
+    cache: where the imagefolder's decoded uint8 rows live: None or "off" (RAM), "auto"
+        (a file under ``cache.default_cache_dir()``), or a path (see ``cache.cache_file``);
+        other sources ignore it. ``info["cache"]`` says which file and whether it was read,
+        built or rebuilt.
+    progress: ``progress(done, total)`` while image files decode; ``notify(text)``: one-line
+        warnings (a cache rebuilt, a wait for another process building it).
 
     Raises DatasetError (exit 4, one line naming the file or folder) for any data problem,
     ConfigError (exit 2) for argument values no dataset could satisfy.
@@ -290,7 +344,8 @@ def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: i
         pooled = _from_idx(location, image_size, in_channels, num_classes, val_fraction, classes)
         where = location
     elif source == "imagefolder":
-        pooled = _from_imagefolder(location, image_size, in_channels, num_classes, classes)
+        pooled = _from_imagefolder(location, image_size, in_channels, num_classes, classes,
+                                   cache, progress, notify)
         where = location
     else:
         pooled = _from_npz(location, image_size, in_channels, num_classes, classes)
@@ -304,13 +359,13 @@ def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: i
         if val_fraction > 0 and len(pooled.y) < 2:
             raise dataset_error(where, f"only {len(pooled.y)} sample(s): too few to split off validation")
         train_idx, val_idx = split_indices(len(pooled.y), val_fraction, seed)
-        train_x, train_y = pooled.x[train_idx], pooled.y[train_idx]
-        val_x, val_y = pooled.x[val_idx], pooled.y[val_idx]
+        train_x, train_y = _take(pooled.x, train_idx), pooled.y[train_idx]
+        val_x, val_y = _take(pooled.x, val_idx), pooled.y[val_idx]
         val_source = f"random split (val_fraction {val_fraction}, seed {seed})" if len(val_idx) else "none"
     if len(train_y) == 0:
         raise dataset_error(where, "no training samples")
 
-    mean, std = channel_stats(train_x)
+    mean, std = train_x.channel_stats() if isinstance(train_x, ImageRows) else channel_stats(train_x)
     info: dict[str, Any] = {
         "source": source,
         "path": str(location) if location is not None else None,
@@ -321,10 +376,13 @@ def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: i
         "skipped_files": [],
     }
     info.update(pooled.info)
+    if not isinstance(train_x, ImageRows):
+        train_x = np.ascontiguousarray(train_x, dtype=np.float32)
+        val_x = np.ascontiguousarray(val_x, dtype=np.float32)
     return DatasetSplits(
-        train_x=np.ascontiguousarray(train_x, dtype=np.float32),
+        train_x=train_x,
         train_y=train_y.astype(np.int64, copy=False),
-        val_x=np.ascontiguousarray(val_x, dtype=np.float32),
+        val_x=val_x,
         val_y=val_y.astype(np.int64, copy=False),
         class_names=list(pooled.class_names),
         mean=mean,

@@ -5,19 +5,28 @@ pixels): the first frame is decoded fully (a truncated file fails here, not late
 converted to "L" or "RGB" by Pillow according to ``in_channels`` (alpha is dropped, as
 torchvision's loader does; 16-bit grey keeps its precision and is scaled by 1/65535),
 resized to ``image_size`` x ``image_size`` with Pillow BILINEAR (aspect ratio not kept,
-like torchvision's ``Resize((s, s))``), and returned as float32 (C, H, W) in 0..1.
+like torchvision's ``Resize((s, s))``). Training stores the result as uint8 (C, H, W)
+(``decode_u8``: an 8-bit image is exactly Pillow's resized bytes; a 16-bit one is resized
+in float, then rounded to 8 bits) and reads it as ``v / 255`` in float32. ``load_image``
+gives the same float32 (C, H, W) in 0..1, except that a 16-bit image keeps its precision
+(not rounded to 8 bits: a difference of at most 0.5/255 from what training saw).
 
 imagefolder layout (torchvision's): ``root/<class>/**/<file>.<ext>``; classes are the
 sorted names of the non-hidden folders directly under root; anything starting with "."
-is ignored; files with other extensions are ignored (and counted).
+is ignored; files with other extensions are ignored (and counted). A large folder is
+decoded in a process pool (Pillow's per-file Python work holds the GIL), in a fixed order:
+the rows come out the same whatever the pool size.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -26,19 +35,43 @@ from autotrain.data.arrays import dataset_error
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-# Pillow releases the GIL while decoding and resizing, so a few threads speed up big folders.
+# Pillow releases the GIL while decoding and resizing, so a few threads help small folders;
+# from _POOL_MIN files on, worker processes also run the per-file Python work in parallel.
 _MAX_WORKERS = min(8, os.cpu_count() or 1)
+_POOL_MIN = 512
+_CHUNK = 32  # files per task handed to a worker
 
 
 class UndecodableImage(Exception):
     """A file that Pillow cannot turn into pixels; the message says why (one line)."""
 
 
-def _decode(path: Path, image_size: int, in_channels: int) -> np.ndarray:
-    """Decode one file into float32 (in_channels, image_size, image_size) in 0..1.
+def decode_u8(path: Path, image_size: int, in_channels: int) -> np.ndarray:
+    """Decode one file into uint8 (in_channels, image_size, image_size), the stored form.
 
     Raises UndecodableImage for anything Pillow cannot read: an empty file, a file that is
     not an image, a truncated image, or one past Pillow's decompression-bomb limit.
+    """
+    deep = _decode_sixteen_bit(path, image_size, in_channels)
+    if isinstance(deep, np.ndarray):
+        return np.rint(deep * np.float32(255.0)).astype(np.uint8)
+    return deep[0]
+
+
+def _decode(path: Path, image_size: int, in_channels: int) -> np.ndarray:
+    """Decode one file into float32 (in_channels, image_size, image_size) in 0..1 (a 16-bit
+    image unrounded; any other as ``decode_u8(...) / 255``)."""
+    deep = _decode_sixteen_bit(path, image_size, in_channels)
+    if isinstance(deep, np.ndarray):
+        return deep
+    return deep[0].astype(np.float32) / np.float32(255.0)
+
+
+def _decode_sixteen_bit(path: Path, image_size: int,
+                        in_channels: int) -> np.ndarray | tuple[np.ndarray]:
+    """A 16-bit grey image as float32 planes in 0..1; any other as a 1-tuple of uint8 planes.
+
+    Both are (in_channels, image_size, image_size); the tuple marks 8-bit data (exact bytes).
     """
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -51,18 +84,17 @@ def _decode(path: Path, image_size: int, in_channels: int) -> np.ndarray:
                 grey = np.asarray(image, dtype=np.float32) / np.float32(65535.0)
                 grey = np.clip(grey, 0.0, 1.0)
                 resized = np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR))
-                planes = resized[None].astype(np.float32)
+                planes = np.clip(resized[None].astype(np.float32), 0.0, 1.0)
                 return np.repeat(planes, in_channels, axis=0) if in_channels == 3 else planes
             converted = image.convert("L" if in_channels == 1 else "RGB")
-            resized = converted.resize(size, Image.BILINEAR)
-            pixels = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
+            pixels = np.asarray(converted.resize(size, Image.BILINEAR), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         # Pillow signals bad data with several types (UnidentifiedImageError is an OSError).
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise UndecodableImage(reason) from exc
     if pixels.ndim == 2:
-        return pixels[None]
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return (pixels[None],)
+    return (np.ascontiguousarray(pixels.transpose(2, 0, 1)),)
 
 
 def load_image(path: str | os.PathLike[str], image_size: int, in_channels: int) -> np.ndarray:
@@ -133,27 +165,21 @@ def list_class_files(class_dir: Path) -> ClassFiles:
 
 
 @dataclass
-class DecodedImages:
-    """Decoded pixels of an imagefolder selection, and what was left out.
+class FolderListing:
+    """The image files of an imagefolder selection in dataset order, with their labels
+    (position in the selected classes) and the count of non-image files ignored."""
 
-    ``x`` float32 (N, C, S, S) in 0..1; ``y`` int64 indices into the selected classes;
-    ``skipped`` one {"path", "reason"} dict per undecodable file; ``ignored`` the count of
-    non-image files.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    skipped: list[dict[str, str]]
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    labels: list[int]
     ignored: int
 
 
-def decode_folder(root: Path, selected: list[str], image_size: int,
-                  in_channels: int) -> DecodedImages:
-    """Decode every image of the ``selected`` class folders; label = position in ``selected``.
+def list_folder(root: Path, selected: list[str]) -> FolderListing:
+    """List every image file of the ``selected`` class folders; label = position in ``selected``.
 
-    Undecodable files are skipped and listed, never silently dropped with a label shift
-    (labels come from each file's own folder). A selected class folder with no image
-    files, or with none that decodes, is a DatasetError naming that folder.
+    A selected class folder with no image files is a DatasetError naming that folder.
     """
     paths: list[Path] = []
     labels: list[int] = []
@@ -167,32 +193,78 @@ def decode_folder(root: Path, selected: list[str], image_size: int,
                                 f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
         paths.extend(found.files)
         labels.extend([label] * len(found.files))
+    return FolderListing(root, list(selected), paths, labels, ignored)
 
-    x = np.empty((len(paths), in_channels, image_size, image_size), dtype=np.float32)
-    ok = np.ones(len(paths), dtype=bool)
-    skipped: list[dict[str, str]] = []
 
-    def decode_one(path: Path) -> np.ndarray | str:
+def _decode_chunk(paths: list[Path], image_size: int,
+                  in_channels: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode ``paths`` into uint8 (k, C, S, S) for those that decode, plus (position,
+    reason) for those that do not. Runs in a worker process or thread."""
+    rows, failed = [], []
+    for position, path in enumerate(paths):
         try:
-            return _decode(path, image_size, in_channels)
+            rows.append(decode_u8(path, image_size, in_channels))
         except UndecodableImage as exc:
-            return str(exc)
+            failed.append((position, str(exc)))
+    stacked = np.stack(rows) if rows else np.empty((0, in_channels, image_size, image_size), np.uint8)
+    return stacked, failed
 
-    with ThreadPoolExecutor(max_workers=_MAX_WORKERS) as pool:
-        # map keeps the input order, so pixels and labels stay paired.
-        for index, result in enumerate(pool.map(decode_one, paths)):
-            if isinstance(result, str):
-                ok[index] = False
-                skipped.append({"path": str(paths[index]), "reason": result})
-            else:
-                x[index] = result
 
-    y = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(y[ok], minlength=len(selected))
-    for label, name in enumerate(selected):
-        if counts[label] == 0:
-            raise dataset_error(root / name, f"class folder '{name}' has no image that decodes "
-                                f"({int(np.sum(y == label))} files skipped)")
-    if not ok.all():
-        x, y = x[ok], y[ok]
-    return DecodedImages(x=x, y=y, skipped=skipped, ignored=ignored)
+def _executor(files: int, workers: int | None) -> Executor:
+    count = _MAX_WORKERS if workers is None else max(1, workers)
+    if count > 1 and (files >= _POOL_MIN or workers is not None):
+        # forkserver: workers start from a clean process, not a fork of one whose other
+        # threads (BLAS, a progress bar) might hold a lock at the moment of the fork.
+        context = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(max_workers=count, mp_context=context)
+    return ThreadPoolExecutor(max_workers=count)
+
+
+def decode_listing(listing: FolderListing, image_size: int, in_channels: int, sink,
+                   progress: Callable[[int, int], None] | None = None,
+                   workers: int | None = None) -> list[dict[str, str]]:
+    """Decode every listed file, in listing order, into ``sink.append(uint8 rows, labels)``.
+
+    Returns one {"path", "reason"} dict per undecodable file (skipped, never a label shift:
+    labels come from each file's own folder). A class whose files all fail is a
+    DatasetError naming its folder. ``progress(done, total)`` is called as files finish.
+    ``workers``: None picks threads for small folders and a process pool of up to 8 for
+    large ones; a number forces a pool of that size (1: in this process's threads).
+    The rows are the same whatever the pool: each file decodes alone, results are taken in order.
+    """
+    paths, total = listing.paths, len(listing.paths)
+    labels = np.asarray(listing.labels, dtype=np.int64)
+    decoded = np.zeros(len(listing.classes), dtype=np.int64)
+    skipped: list[dict[str, str]] = []
+    starts = range(0, total, _CHUNK)
+    with _executor(total, workers) as pool:
+        # A bounded window of tasks ahead: decoded chunks never pile up in memory.
+        window: deque = deque()
+        ahead = 4 * (getattr(pool, "_max_workers", 1) or 1)
+        pending = iter(starts)
+        for start in pending:
+            window.append((start, pool.submit(_decode_chunk, paths[start : start + _CHUNK],
+                                              image_size, in_channels)))
+            if len(window) >= ahead:
+                break
+        while window:
+            start, future = window.popleft()
+            rows, failed = future.result()
+            nxt = next(pending, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(_decode_chunk, paths[nxt : nxt + _CHUNK],
+                                                image_size, in_channels)))
+            chunk_labels = labels[start : start + _CHUNK]
+            keep = np.ones(chunk_labels.shape[0], dtype=bool)
+            for position, reason in failed:
+                keep[position] = False
+                skipped.append({"path": str(paths[start + position]), "reason": reason})
+            sink.append(rows, chunk_labels[keep])
+            decoded += np.bincount(chunk_labels[keep], minlength=decoded.shape[0])
+            if progress is not None:
+                progress(min(start + _CHUNK, total), total)
+    for label, name in enumerate(listing.classes):
+        if decoded[label] == 0:
+            raise dataset_error(listing.root / name, f"class folder '{name}' has no image that decodes "
+                                f"({int(np.sum(labels == label))} files skipped)")
+    return skipped

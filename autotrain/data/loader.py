@@ -4,16 +4,27 @@ Reproducibility contract: the sample order of epoch ``e`` and the augmentation o
 ``b`` in it depend only on (seed, e) and (seed, e, b). Nothing carries over from earlier
 epochs or batches, so a run resumed at (epoch e, batch b) sees exactly the batches an
 uninterrupted run would have seen: call ``loader.epoch(e, start_batch=b)``.
+
+Sharding (data-parallel training): ``batch(e, b, part=slice(lo, hi))`` is rows lo:hi of
+global batch b, bit for bit: its augmentation numbers are drawn for the whole global batch
+and then sliced, so a process computing a shard sees exactly what one process sees.
+
+The images come as a float array or as uint8 ``ImageRows`` (RAM or a memory-mapped cache);
+uint8 rows are gathered, augmented as uint8 (cropping pads with 0, flipping moves bytes:
+both exact) and only then turned into float32 and normalised, one batch at a time.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from autotrain.data.cache import ImageRows, to_unit_float
 
 # Stream tags inside one (seed, epoch): independent generators for order and augmentation.
 _ORDER_STREAM = 0
@@ -81,17 +92,20 @@ def normalize_own(images: np.ndarray, mean: Sequence[float], std: Sequence[float
 class BatchLoader:
     """Iterate (x, y) batches of a dataset split, one epoch at a time.
 
-    x: float (N, C, H, W) pixels, not normalised; y: int (N,) labels.
+    x: float (N, C, H, W) pixels in 0..1, or ``ImageRows`` (uint8, read as v / 255), not
+    normalised; y: int (N,) labels.
     Each batch is (float32 (B, C, H, W) normalised as (x - mean) / std per channel, int64
     (B,)). With ``shuffle`` the order is a permutation drawn from (seed, epoch); without,
     it is 0..N-1. Every sample appears exactly once per epoch, except the last partial
     batch which ``drop_last`` leaves out. ``augment`` is applied before normalisation;
-    give it only to the training loader.
+    give it only to the training loader. ``prefetch``: ``epoch()`` prepares the next batch
+    in a background thread while the caller works on the current one (same batches).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mean: Sequence[float],
+    def __init__(self, x: np.ndarray | ImageRows, y: np.ndarray, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], shuffle: bool = True, seed: int = 0,
-                 augment: AugmentSpec | None = None, drop_last: bool = False) -> None:
+                 augment: AugmentSpec | None = None, drop_last: bool = False,
+                 prefetch: bool = False) -> None:
         if x.ndim != 4:
             raise ValueError(f"x must be NCHW, got shape {x.shape}")
         if y.shape != (x.shape[0],):
@@ -111,6 +125,8 @@ class BatchLoader:
         self.seed = int(seed)
         self.augment = augment if augment is not None and augment.active else None
         self.drop_last = drop_last
+        self.prefetch = prefetch
+        self._order: tuple[int, np.ndarray] | None = None
         # Shaped for broadcasting over (B, C, H, W); multiply by 1/std rather than divide.
         self.mean, self.std = list(mean), list(std)
 
@@ -135,27 +151,66 @@ class BatchLoader:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         if not self.shuffle:
             return np.arange(self.num_samples, dtype=np.int64)
-        return self._generator(epoch, _ORDER_STREAM).permutation(self.num_samples)
+        memo = self._order  # one epoch's permutation, kept: batch_indices asks once a batch
+        if memo is None or memo[0] != epoch:
+            permutation = self._generator(epoch, _ORDER_STREAM).permutation(self.num_samples)
+            permutation.flags.writeable = False  # shared by every caller until the epoch changes
+            memo = self._order = (epoch, permutation)
+        return memo[1]
 
-    def _augment(self, images: np.ndarray, epoch: int, batch_index: int) -> np.ndarray:
+    def batch_indices(self, epoch: int, batch_index: int) -> np.ndarray:
+        """The sample indices of global batch ``batch_index`` of ``epoch``, in batch order."""
+        if not 0 <= batch_index < len(self):
+            raise IndexError(f"batch {batch_index} is outside 0..{len(self) - 1}")
+        start = batch_index * self.batch_size
+        return self.order(epoch)[start : start + self.batch_size]
+
+    def _augment(self, images: np.ndarray, epoch: int, batch_index: int, part: slice) -> np.ndarray:
+        """Augment rows ``part`` of global batch ``batch_index`` (``images`` holds just those
+        rows): the random numbers are drawn for the whole global batch, then sliced."""
         spec = self.augment
         rng = self._generator(epoch, _AUGMENT_STREAM, batch_index)
-        count = images.shape[0]
+        count = len(self.batch_indices(epoch, batch_index))
         if spec.crop_padding > 0:
-            offset_y = rng.integers(0, 2 * spec.crop_padding + 1, size=count)
-            offset_x = rng.integers(0, 2 * spec.crop_padding + 1, size=count)
+            offset_y = rng.integers(0, 2 * spec.crop_padding + 1, size=count)[part]
+            offset_x = rng.integers(0, 2 * spec.crop_padding + 1, size=count)[part]
             images = random_crop(images, spec.crop_padding, offset_y, offset_x)
         if spec.hflip:
-            images = horizontal_flip(images, rng.random(count) < 0.5)
+            images = horizontal_flip(images, (rng.random(count) < 0.5)[part])
         return images
+
+    def batch(self, epoch: int, batch_index: int,
+              part: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of global batch ``batch_index`` of ``epoch``, or of its rows ``part``
+        (a slice with step 1) when given: exactly those rows of the whole batch."""
+        indices = self.batch_indices(epoch, batch_index)
+        part = slice(None) if part is None else part
+        if part.step not in (None, 1):
+            raise ValueError(f"part must be a contiguous slice, got {part}")
+        indices = indices[part]
+        if isinstance(self.x, ImageRows):
+            images = self.x.take(indices)
+        else:
+            images = self.x[indices]
+        if self.augment is not None:
+            images = self._augment(images, epoch, batch_index, part)
+        if images.dtype == np.uint8:
+            images = to_unit_float(images)
+        # The batch is a copy (fancy indexing; the dataset is never modified): normalise in place.
+        return normalize_own(images, self.mean, self.std), self.y[indices].astype(np.int64, copy=False)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield the batches of ``epoch``, starting at batch ``start_batch`` (for resume)."""
-        order = self.order(epoch)
-        for batch_index in range(start_batch, len(self)):
-            indices = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-            images = self.x[indices]
-            if self.augment is not None:
-                images = self._augment(images, epoch, batch_index)
-            # Fancy indexing copied the batch (the dataset is never modified): normalise it in place.
-            yield normalize_own(images, self.mean, self.std), self.y[indices].astype(np.int64, copy=False)
+        batches = range(start_batch, len(self))
+        if not self.prefetch or len(batches) < 2:
+            for batch_index in batches:
+                yield self.batch(epoch, batch_index)
+            return
+        self.order(epoch)  # computed once here, not raced for by the worker thread
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotrain-prefetch") as worker:
+            upcoming = worker.submit(self.batch, epoch, batches[0])
+            for batch_index in batches[1:]:
+                current = upcoming.result()
+                upcoming = worker.submit(self.batch, epoch, batch_index)
+                yield current
+            yield upcoming.result()

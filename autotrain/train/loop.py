@@ -23,6 +23,8 @@ class Reporter:
 
     def on_start(self, info: dict) -> None: ...
     def on_message(self, text: str) -> None: ...
+    def on_data_progress(self, done: int, total: int) -> None:
+        """Image files decoded so far while the data set loads (before ``on_start``)."""
     def on_epoch_start(self, epoch: int, epochs: int, batches: int, start_batch: int) -> None: ...
     def on_batch_end(self, epoch: int, batch: int, loss: float, acc: float, lr: float) -> None:
         """``loss``/``acc``: the epoch's exact running means so far (what its row will show,
@@ -51,6 +53,10 @@ class Reporters(Reporter):
     def on_message(self, text):
         for r in self.reporters:
             r.on_message(text)
+
+    def on_data_progress(self, done, total):
+        for r in self.reporters:
+            r.on_data_progress(done, total)
 
     def on_epoch_start(self, epoch, epochs, batches, start_batch):
         for r in self.reporters:

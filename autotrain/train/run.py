@@ -90,10 +90,14 @@ def _clear_run(out: Path) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def load_data(cfg: Config) -> DatasetSplits:
+def load_data(cfg: Config, reporter: Reporter | None = None) -> DatasetSplits:
+    """The config's data set; an imagefolder's decoding progress and cache warnings go to
+    ``reporter`` (``on_data_progress``, ``on_message``)."""
     d = cfg.data
     return load_dataset(d.source, d.path, d.image_size, cfg.model.in_channels, cfg.model.num_classes,
-                        d.val_fraction, list(d.classes) if d.classes is not None else None, cfg.seed)
+                        d.val_fraction, list(d.classes) if d.classes is not None else None, cfg.seed,
+                        cache=d.cache, progress=reporter.on_data_progress if reporter else None,
+                        notify=reporter.on_message if reporter else None)
 
 
 def make_loaders(cfg: Config, data: DatasetSplits) -> tuple[BatchLoader, BatchLoader | None]:
@@ -215,7 +219,7 @@ class Trainer:
 
     def _build(self, resumed):
         cfg = self.cfg
-        data = load_data(cfg)
+        data = load_data(cfg, self.reporter)
         setup = build_model(cfg, self.config_dir, pretrained=resumed is None)
         train_loader, val_loader = make_loaders(cfg, data)
         self.setup, self.data = setup, data
