@@ -30,6 +30,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a c
 ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="Continue from a checkpoint: a path, or 'auto' for the newest valid one in output.dir.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over in an output.dir that already holds a run.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; only the summary line.")]
+ReportOpt = Annotated[bool, typer.Option("--report", help="Write RUN_DIR/report/ (figures, index.html) when the run ends (output.report).")]
 
 
 def _fail(err: AutotrainError) -> None:
@@ -99,6 +100,10 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
 
     with _errors():
         cfg = _load(config_path, overrides)
+        if cfg.output.report:  # a missing extra is said now, not after a long run
+            from ..report import require_report_dependencies
+
+            require_report_dependencies()
         reporter = render.RichReporter(quiet=quiet)
         with _stop_signals() as should_stop:
             trainer = Trainer(cfg, resume=resume, overwrite=overwrite, reporter=reporter,
@@ -116,13 +121,16 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
         best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.4f}"
         render.console.print(f"{result.status}: {result.run_dir} (best val_acc {best}, "
                              f"{time.perf_counter() - start:.1f} s)", markup=False)
+    if cfg.output.report:
+        _report(result.run_dir, None)
 
 
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="YAML config file.")],
-          set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False):
+          set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+          report: ReportOpt = False):
     """Train from a config, writing checkpoints and metrics.csv to output.dir."""
-    _train(config, set_, resume, overwrite, quiet)
+    _train(config, list(set_ or []) + (["output.report=true"] if report else []), resume, overwrite, quiet)
 
 
 @app.command()
@@ -130,7 +138,8 @@ def finetune(config: Annotated[Optional[Path], typer.Argument(help="YAML config 
              freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Freeze everything but the head (fc).")] = False,
              weights: Annotated[Optional[str], typer.Option("--weights", help="Pretrained weights (.safetensors, .pth, .npz, checkpoint).")] = None,
              num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the new head.")] = None,
-             set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False):
+             set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+             report: ReportOpt = False):
     """Finetune pretrained weights: load, replace the head, freeze, train what is left."""
     from ..config import default_config_path
 
@@ -143,7 +152,25 @@ def finetune(config: Annotated[Optional[Path], typer.Argument(help="YAML config 
         overrides.append(f"model.weights={json.dumps(weights)}")
     if num_classes is not None:
         overrides.append(f"model.num_classes={num_classes}")
+    if report:
+        overrides.append("output.report=true")
     _train(path, overrides, resume, overwrite, quiet)
+
+
+def _report(run_dir: Path, out: Path | None) -> None:
+    from ..report import write_report
+
+    with _errors():
+        r = write_report(run_dir, out)
+    render.console.print(f"report: {r.out / 'index.html'} ({r.checkpoint.name}: accuracy {r.accuracy:.4f} on "
+                         f"{r.count} {r.split} images; {len(r.files)} files, {r.seconds:.1f} s)", markup=False)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder (output.dir of train or finetune).")],
+           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder to write (default RUN_DIR/report).")] = None):
+    """Curves, confusion matrix, per-class precision/recall, the most confident mistakes and one HTML page."""
+    _report(run_dir, out)
 
 
 @app.command()

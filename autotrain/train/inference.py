@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,12 @@ class EvalReport:
     confusion: np.ndarray
     precision: np.ndarray
     recall: np.ndarray
+    # Per image, in the split's order (what a report needs to show the mistakes):
+    images: np.ndarray | None = field(default=None, repr=False)         # (N, C, S, S) 0..1, not normalised
+    labels: np.ndarray | None = field(default=None, repr=False)         # (N,)
+    predictions: np.ndarray | None = field(default=None, repr=False)    # (N,)
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # (N, classes) softmax
+    split: str = "validation"  # or "train" when the data has no validation split
 
 
 def evaluate_checkpoint(trained: Trained, cfg: Config | None = None) -> EvalReport:
@@ -53,11 +59,13 @@ def evaluate_checkpoint(trained: Trained, cfg: Config | None = None) -> EvalRepo
     data = load_data(cfg)
     norm = trained.checkpoint.metadata["normalisation"]
     x, y = (data.val_x, data.val_y) if len(data.val_y) else (data.train_x, data.train_y)
-    result = evaluate(trained.model, BatchLoader(x, y, EVAL_BATCH, norm["mean"], norm["std"], shuffle=False))
+    result = evaluate(trained.model, BatchLoader(x, y, EVAL_BATCH, norm["mean"], norm["std"], shuffle=False),
+                      probabilities=True)
     counts = confusion_matrix(result.predictions, result.labels, cfg.model.num_classes)
     precision, recall = per_class_precision_recall(counts)
     return EvalReport(result.loss, result.accuracy, int(len(y)), trained.checkpoint.metadata["class_names"],
-                      counts, precision, recall)
+                      counts, precision, recall, x, result.labels, result.predictions, result.probabilities,
+                      "validation" if len(data.val_y) else "train")
 
 
 def predict(trained: Trained, images: list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
