@@ -221,7 +221,7 @@ class _FileSink(_Sink):
         handle.write(_MAGIC.ljust(_PIXELS_OFFSET, b"\0"))
 
     def _store(self, rows: np.ndarray) -> None:
-        self._handle.write(rows.data)
+        self._handle.write(memoryview(rows).cast("B"))  # flat bytes, no copy
 
     def finish(self, header: dict[str, Any]) -> None:
         """Write the index, the header and the trailer after the pixels."""
@@ -415,7 +415,7 @@ def _in_memory(capacity: int, channels: int, size: int,
     return Cached(rows, labels, extra)
 
 
-def load_or_build(setting: str | None, name: str, key: str, made_from: dict[str, Any], capacity: int,
+def load_or_build(setting: str | os.PathLike[str] | None, name: str, key: str, made_from: dict[str, Any], capacity: int,
                   channels: int, size: int, build: Callable[[MemorySink], dict[str, Any]],
                   notify: Notify | None = None) -> tuple[Cached, CacheInfo]:
     """The decoded images for fingerprint ``key``, from the cache or from ``build``.
@@ -430,6 +430,7 @@ def load_or_build(setting: str | None, name: str, key: str, made_from: dict[str,
     (re)written; with "auto" an unwritable cache folder falls back to RAM with a warning.
     """
     say = notify or (lambda text: None)
+    setting = None if setting is None else os.fspath(setting)
     if setting in (None, "off"):
         return _in_memory(capacity, channels, size, build), CacheInfo("off", None, "memory")
     path, explicit = cache_file(setting, name, key)

@@ -257,7 +257,7 @@ def _file_facts(listing) -> list[list]:
 
 
 def _from_imagefolder(root: Path, image_size: int, in_channels: int, num_classes: int,
-                      classes: Sequence[int | str] | None, cache: str | None,
+                      classes: Sequence[int | str] | None, cache: str | os.PathLike[str] | None,
                       progress: Callable[[int, int], None] | None, notify: Callable[[str], None] | None,
                       ) -> _Pooled:
     names = list_classes(root)
@@ -268,7 +268,7 @@ def _from_imagefolder(root: Path, image_size: int, in_channels: int, num_classes
     made_from = {"source": "imagefolder", "path": str(root.resolve()), "image_size": image_size,
                  "in_channels": in_channels, "classes": chosen}
     key = image_cache.fingerprint(dict(made_from, files=_file_facts(listing))) \
-        if cache not in (None, "off") else ""
+        if cache is not None and os.fspath(cache) != "off" else ""
 
     def build(sink) -> dict[str, Any]:
         skipped = decode_listing(listing, image_size, in_channels, sink, progress)
@@ -310,7 +310,7 @@ def _from_npz(path: Path, image_size: int, in_channels: int, num_classes: int,
 
 def load_dataset(source: str, path: str | os.PathLike[str] | None, image_size: int,
                  in_channels: int, num_classes: int, val_fraction: float = 0.2,
-                 classes: list[int] | list[str] | None = None, seed: int = 0, cache: str | None = None,
+                 classes: list[int] | list[str] | None = None, seed: int = 0, cache: str | os.PathLike[str] | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  notify: Callable[[str], None] | None = None) -> DatasetSplits:
     """Load ``source`` and return seeded train/validation splits with train-only statistics.
