@@ -306,13 +306,33 @@ def inspect(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint writte
 
 @app.command()
 def convert(src: Annotated[Path, typer.Argument(help="Weights in: .pth (zip or legacy), .safetensors, .npz, checkpoint.")],
-            dst: Annotated[Path, typer.Argument(help="Weights out: .safetensors or .npz (by extension).")]):
-    """Convert weights between formats, keeping bare state_dict names."""
-    from ..io.weights import convert as run_convert
+            dst: Annotated[Path, typer.Argument(help="Weights out, by extension: .safetensors, .npz, or .pth (torch's "
+                                                     "zip format; a ResNet-18 that torchvision's resnet18 loads).")]):
+    """Convert weights between formats, keeping bare state_dict names (no optimizer tensors)."""
+    from ..export import convert_weights
 
     with _errors():
-        tensors = run_convert(src, dst)
+        tensors = convert_weights(src, dst)
     render.console.print(f"wrote {dst}: {len(tensors)} tensors", markup=False)
+
+
+@app.command()
+def export(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+           out: Annotated[Path, typer.Argument(help="The ONNX file to write.")],
+           opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset version (default 17).")] = None,
+           batch: Annotated[str, typer.Option("--batch", help="Batch size N, or 'dynamic'.")] = "dynamic",
+           raw_pixels: Annotated[bool, typer.Option("--raw-pixels", help="Normalise in the graph: the model takes "
+                                                    "0..1 pixels, as predict does.")] = False):
+    """Export a checkpoint's network (eval mode) to ONNX, with class names and normalisation as metadata."""
+    from ..export import export_onnx, parse_batch
+
+    with _errors():
+        r = export_onnx(checkpoint, out, opset=opset, batch=parse_batch(batch), raw_pixels=raw_pixels)
+    shape = ", ".join(map(str, r.input_shape))
+    pixels = "0..1 pixels" if r.raw_pixels else "normalised pixels"
+    render.console.print(f"wrote {out}: opset {r.opset}, images [{shape}] ({pixels}) -> logits "
+                         f"[{r.input_shape[0]}, {r.num_classes}], {r.num_nodes} nodes, {r.num_bytes:,} bytes",
+                         markup=False, highlight=False)
 
 
 def main() -> None:
