@@ -1,8 +1,15 @@
-"""The cases behind ``autotrain gradcheck``: every primitive and fused kernel, then a tiny ResNet-18.
+"""The cases behind ``autotrain gradcheck``: every primitive and fused kernel, a tiny ResNet-18,
+and the SGD update.
 
-Each case builds float64 inputs (seeded), a function of them, and hands both to
+Each gradient case builds float64 inputs (seeded), a function of them, and hands both to
 ``check_gradients``. Inputs of relu, max_pool and log are drawn away from their kinks and
 domain edges so that central differences are meaningful.
+
+A *reference* case (``Case.check``) has no gradient to differentiate: it runs the engine
+and a hand-written float64 reference of the same computation and compares every element
+(SGD's update, which the training loop trusts as much as any gradient). Both sides do the
+same float64 operations, so only rounding may differ: it is held to REFERENCE_ATOL and
+REFERENCE_RTOL, not to the finite-difference tolerances of the gradient cases.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ from typing import Callable
 import numpy as np
 
 from . import nn
-from .autograd.gradcheck import check_gradients
+from .autograd.gradcheck import GradcheckReport, check_gradients
 from .autograd.tensor import Tensor
 from .models import resnet18
+from .optim import SGD
 
 F = nn.functional
 
@@ -43,8 +51,13 @@ class CaseResult:
 @dataclass
 class Case:
     name: str
-    build: Callable  # (rng) -> (fn, inputs, names, restore or None)
+    build: Callable | None  # (rng) -> (fn, inputs, names, restore or None); None for a reference case
     max_elements: int | None = None
+    check: Callable | None = None  # reference case: (rng) -> (GradcheckReport, shapes text)
+
+
+REFERENCE_ATOL = 1e-12
+REFERENCE_RTOL = 1e-12
 
 
 def _t(rng, *shape, low=-1.0, high=1.0) -> Tensor:
@@ -128,6 +141,101 @@ def _resnet_case():
     return Case("resnet18_tiny", build, max_elements=20)
 
 
+def _compare(report: GradcheckReport, name: str, actual: np.ndarray, expected: np.ndarray) -> None:
+    """Fold one engine-vs-reference comparison into ``report`` (the gradcheck report's fields,
+    with the reference in the place of the numerical gradient)."""
+    if actual.shape != expected.shape:
+        report.max_tol_ratio, report.worst = np.inf, f"{name}: shape {actual.shape}, reference {expected.shape}"
+        return
+    a, e = actual.astype(np.float64).reshape(-1), expected.astype(np.float64).reshape(-1)
+    abs_err = np.abs(a - e)
+    ratio = abs_err / (REFERENCE_ATOL + REFERENCE_RTOL * np.abs(e))
+    ratio[~np.isfinite(ratio)] = np.inf
+    large = np.abs(e) >= REFERENCE_ATOL
+    report.elements += a.size
+    report.max_abs_err = max(report.max_abs_err, float(abs_err.max(initial=0)))
+    report.max_rel_err = max(report.max_rel_err, float((abs_err[large] / np.abs(e[large])).max(initial=0)))
+    worst = float(ratio.max(initial=0))
+    if ratio.size and worst > report.max_tol_ratio:
+        k = int(np.argmax(ratio))
+        pos = tuple(int(p) for p in np.unravel_index(k, actual.shape))
+        report.worst = f"{name} {pos}: engine {a[k]:.6g} vs reference {e[k]:.6g} (abs err {abs_err[k]:.3g})"
+        report.max_tol_ratio = worst
+
+
+# Three groups cover every branch of torch's rule: nesterov with weight decay; momentum with
+# dampening and weight decay (over a parameter of two CHUNK blocks and one whose gradient is
+# laid out unlike its data); plain SGD. Parameter 1 has no gradient at step 2: it is skipped
+# entirely (no decay, no momentum), as in torch.
+_SGD_GROUPS = [
+    dict(shapes=[(3, 4), (5,)], lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True),
+    dict(shapes=[(70000,), (2, 3, 2, 2)], lr=0.05, momentum=0.8, dampening=0.25, weight_decay=0.02, nesterov=False),
+    dict(shapes=[(4,)], lr=0.2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+]
+_SGD_STEPS = 4
+_SGD_NO_GRAD = {(1, 1)}  # (step, parameter position) without a gradient
+_SGD_RESUME_AT = 2  # steps after which the state goes through state_dict into a new SGD
+
+
+def _sgd_reference(params: list, grads: list, groups: list) -> tuple[list, list]:
+    """torch.optim.SGD's update in float64, one parameter and one step at a time, written
+    independently of autotrain.optim (the rule of its class docstring)."""
+    params, bufs = [p.copy() for p in params], [None] * len(params)
+    where = [gi for gi, g in enumerate(groups) for _ in g["shapes"]]
+    for step_grads in grads:
+        for i, g in enumerate(step_grads):
+            if g is None:
+                continue
+            h = groups[where[i]]
+            d = g + h["weight_decay"] * params[i] if h["weight_decay"] else g
+            if h["momentum"]:
+                bufs[i] = d.copy() if bufs[i] is None else h["momentum"] * bufs[i] + (1 - h["dampening"]) * d
+                d = d + h["momentum"] * bufs[i] if h["nesterov"] else bufs[i]
+            params[i] = params[i] - h["lr"] * d
+    return params, bufs
+
+
+def _sgd_check(rng) -> tuple[GradcheckReport, str]:
+    """autotrain.optim.SGD against ``_sgd_reference`` over a few steps, with a resume from
+    ``state_dict`` in the middle: parameters and momentum buffers, every element."""
+    shapes = [s for g in _SGD_GROUPS for s in g["shapes"]]
+    start = [rng.uniform(-1, 1, s) for s in shapes]
+    grads = [[None if (t, i) in _SGD_NO_GRAD else rng.uniform(-1, 1, s) for i, s in enumerate(shapes)]
+             for t in range(_SGD_STEPS)]
+    tensors = [Tensor(p.copy(), requires_grad=True) for p in start]
+    tensors[3].data = np.asfortranarray(tensors[3].data)  # its C-ordered gradients differ in layout
+
+    def make(state=None):
+        it = iter(tensors)
+        groups = [{"params": [next(it) for _ in g["shapes"]], **{k: v for k, v in g.items() if k != "shapes"}}
+                  for g in _SGD_GROUPS]
+        opt = SGD(groups, lr=1.0)
+        if state is not None:
+            opt.load_state_dict(state)
+        return opt
+
+    opt = make()
+    for t, step_grads in enumerate(grads):
+        if t == _SGD_RESUME_AT:
+            opt = make(opt.state_dict())
+        for p, g in zip(tensors, step_grads):
+            p.grad = None if g is None else Tensor(g.copy())
+        opt.step()
+    want_p, want_b = _sgd_reference(start, grads, _SGD_GROUPS)
+    report = GradcheckReport()
+    for i, (t, p, b) in enumerate(zip(tensors, want_p, want_b)):
+        _compare(report, f"param {i}", t.data, p)
+        got_b = opt.state[i].get("momentum_buffer")
+        if b is None:
+            if got_b is not None:
+                report.max_tol_ratio, report.worst = np.inf, f"param {i}: a momentum buffer where torch keeps none"
+        elif got_b is None:
+            report.max_tol_ratio, report.worst = np.inf, f"param {i}: no momentum buffer"
+        else:
+            _compare(report, f"momentum_buffer {i}", got_b, b)
+    return report, f"{len(shapes)} params, {_SGD_STEPS} steps"
+
+
 def all_cases() -> list[Case]:
     """Every case, in the order the report shows them."""
     unary = lambda name, f, shape, make=_t: Case(name, _simple(f, [shape], make))  # noqa: E731
@@ -148,12 +256,24 @@ def all_cases() -> list[Case]:
         _case_binary("matmul", lambda a, b: a @ b, (3, 4), (4, 5)),
         _case_binary("matmul_batched", lambda a, b: a @ b, (2, 3, 4), (4, 5)),
         _case_binary("matmul_vector", lambda a, b: a @ b, (4,), (4, 5)),
+        _case_binary("matmul_1d_1d", lambda a, b: a @ b, (4,), (4,)),
+        _case_binary("matmul_matrix_vector", lambda a, b: a @ b, (3, 4), (4,)),
+        _case_binary("matmul_batched_matrix_vector", lambda a, b: a @ b, (2, 3, 4), (4,)),
+        # One operand a constant (an input through a frozen layer): the other's gradient alone.
+        Case("matmul_frozen_b", lambda rng: ((lambda a, b=Tensor(rng.uniform(-1, 1, (4, 5))): a @ b),
+                                            [_t(rng, 3, 4)], ["a"], None)),
+        Case("matmul_frozen_a", lambda rng: ((lambda b, a=Tensor(rng.uniform(-1, 1, (3, 4))): a @ b),
+                                            [_t(rng, 4, 5)], ["b"], None)),
         unary("sum", lambda a: a.sum(), (3, 4)),
         unary("sum_axis", lambda a: a.sum(axis=1, keepdims=True), (3, 4, 2)),
         unary("mean_axis", lambda a: a.mean(axis=(0, 2)), (3, 4, 2)),
         unary("reshape", lambda a: a.reshape(6, 2) * Tensor(np.arange(12.0).reshape(6, 2)), (3, 4)),
         unary("transpose", lambda a: a.transpose(0, 2) * Tensor(np.arange(24.0).reshape(4, 3, 2)), (2, 3, 4)),
         unary("getitem", lambda a: a[1:, ::2] * 2 + a[np.array([0, 0, 2])].sum(), (3, 4)),
+        # A slice mixed with a repeated array index is advanced indexing: repeats add up.
+        unary("getitem_slice_repeated", lambda a: a[:, np.array([0, 0, 2])].sum(axis=1) + a[np.array([1, 1, 3]), 1:].sum(axis=0).sum(), (4, 3)),
+        # (2, 0, 1) is not its own inverse (a swap of two axes is): backward needs argsort(axes).
+        unary("permute_3cycle", lambda a: a.permute(2, 0, 1), (3, 3, 3)),
         unary("relu", F.relu, (4, 5), _away_from_zero),
         # a in +-[0.1, 1], b in [-0.05, 0.05]: a + b stays clear of relu's kink.
         Case("add_relu", lambda rng: (F.add_relu, [_away_from_zero(rng, 2, 3, 4), _t(rng, 2, 3, 4, low=-0.05, high=0.05)],
@@ -168,6 +288,10 @@ def all_cases() -> list[Case]:
         # More than 64 output channels: the weight gradient's other matmul orientation.
         Case("conv2d_many_channels", _conv_case("", (2, 2, 3, 3), (72, 2, 3, 3), True, 1, 1, 1).build,
              max_elements=60),
+        # Stride > 1 with dilation: the input gradient takes col2im, each tap at (i*dh, j*dw);
+        # height and width differ in every parameter, so a swapped axis shows.
+        Case("conv2d_dilated_strided", lambda rng: _conv_case("", (1, 2, 9, 8), (3, 2, 3, 2), True,
+                                                              (2, 3), (1, 2), (2, 1)).build(rng)),
         # A 1x1 map: the taps around the centre read only padding and are dropped.
         _conv_case("conv2d_1x1_map", (2, 3, 1, 1), (4, 3, 3, 3), True, 1, 1, 1),
         unary("max_pool2d", lambda a: F.max_pool2d(a, 2, 2), (2, 3, 4, 4), _distinct),
@@ -183,6 +307,7 @@ def all_cases() -> list[Case]:
         unary("cross_entropy", lambda a: F.cross_entropy(a, np.array([0, 4, 2])), (3, 5)),
         Case("mse_loss", _simple(lambda a, b: F.mse_loss(a, b), [(3, 4), (3, 4)])),
         _resnet_case(),
+        Case("sgd_reference", None, check=_sgd_check),
     ]
 
 
@@ -198,7 +323,14 @@ def select_cases(patterns: list[str] | None) -> list[Case]:
 
 
 def run_case(case: Case, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3, seed: int = 0) -> CaseResult:
+    """Run one case with its seeded inputs. eps, atol and rtol are the finite-difference
+    settings of the gradient cases; a reference case keeps REFERENCE_ATOL/RTOL."""
     rng = np.random.default_rng(seed)
+    if case.check is not None:
+        start = time.perf_counter()
+        report, shapes = case.check(rng)
+        return CaseResult(case.name, shapes, report.elements, report.max_abs_err, report.max_rel_err,
+                          report.max_tol_ratio, report.passed, report.worst, time.perf_counter() - start)
     fn, inputs, names, restore = case.build(rng)
     start = time.perf_counter()
     try:
