@@ -14,7 +14,11 @@ Two roles:
   - ``{"signal_in_eval": signum}``: the same, inside the first evaluation;
   - ``{"enospc": {"match": GLOB, "after": N, "nth": K}}``: from the K-th (default 1st) file
     opened for writing whose name matches GLOB, each accepts N bytes, then every write raises
-    ``OSError(ENOSPC)``, as a full disk does;
+    ``OSError(ENOSPC)``, as a full disk does (``"errno": "EROFS"`` raises that error instead,
+    as a file system remounted read-only does);
+  - ``{"kill9_in_write": {"match": GLOB, "after": N, "nth": K}}``: the same choice of file and
+    moment, but the process sends itself SIGKILL there, after N bytes of that file reached
+    the disk: a ``kill -9`` inside a chosen write window, deterministically;
   - ``{"log_writes": PATH}``: after each ``os.replace`` the destination and the sha256 of its
     new content are appended to PATH (to prove a file was, or was not, rewritten).
 """
@@ -396,8 +400,9 @@ def _install_signal_in_eval(signum: int) -> None:
 class _FullDiskFile:
     """A file object that accepts ``budget`` bytes, then fails every write with ENOSPC."""
 
-    def __init__(self, raw, budget: int, name: str):
-        self._raw, self._budget, self._name = raw, budget, name
+    def __init__(self, raw, budget: int, name: str, code: int | None = errno.ENOSPC):
+        # code None: SIGKILL the process at that point instead of failing the write
+        self._raw, self._budget, self._name, self._code = raw, budget, name, code
 
     def write(self, data) -> int:
         data = bytes(data)
@@ -406,7 +411,9 @@ class _FullDiskFile:
                 self._raw.write(data[: self._budget])
                 self._budget = 0
             self._raw.flush()
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self._code is None:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(self._code, os.strerror(self._code))
         self._budget -= len(data)
         return self._raw.write(data)
 
@@ -420,7 +427,7 @@ class _FullDiskFile:
         return getattr(self._raw, name)
 
 
-def _install_enospc(match: str, after: int, nth: int = 1) -> None:
+def _install_enospc(match: str, after: int, nth: int = 1, code: str | None = "ENOSPC") -> None:
     import builtins
 
     real_open = builtins.open
@@ -432,7 +439,7 @@ def _install_enospc(match: str, after: int, nth: int = 1) -> None:
                 and fnmatch.fnmatch(os.path.basename(os.fspath(file)), match):
             opened[0] += 1
             if opened[0] >= nth:
-                return _FullDiskFile(f, after, os.fspath(file))
+                return _FullDiskFile(f, after, os.fspath(file), None if code is None else getattr(errno, code))
         return f
 
     builtins.open = open_
@@ -456,7 +463,9 @@ def install_faults(spec: dict) -> None:
         elif key == "signal_in_eval":
             _install_signal_in_eval(value)
         elif key == "enospc":
-            _install_enospc(value["match"], value["after"], value.get("nth", 1))
+            _install_enospc(value["match"], value["after"], value.get("nth", 1), value.get("errno", "ENOSPC"))
+        elif key == "kill9_in_write":
+            _install_enospc(value["match"], value["after"], value.get("nth", 1), None)
         elif key == "log_writes":
             _install_log_writes(value)
         else:

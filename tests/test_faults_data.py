@@ -127,7 +127,7 @@ def case_npz_nan_pixels(root: Path):
 
 def case_npz_label_out_of_range(root: Path):
     np.savez(root / "data.npz", x=np.zeros((20, 8, 8), np.uint8), y=np.array([0, 1, 2] * 6 + [3, 0]))
-    return npz_args(root / "data.npz"), 4, [str(root / "data.npz"), "3"]
+    return npz_args(root / "data.npz"), 4, [f"{root / 'data.npz'}: label 3 is outside [0, 3) (num_classes is 3)"]
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
