@@ -372,28 +372,25 @@ def test_bracketed_output_dir_is_shown_and_used_literally(tmp_path, run_cli):
 
 
 def test_sigterm_and_sigint_before_the_first_epoch_ends_exit_143_and_130(tmp_path):
-    """Both signals: the current step finishes, last.safetensors is written and valid."""
+    """Both signals, delivered inside step 2 of epoch 1 (the process signals itself there by the
+    fault hook: a chosen moment, not a race): that step finishes, last.safetensors is written
+    at epoch 0, batch 2, and is valid."""
     import signal
 
-    from conftest import cli_popen
+    from fault_helpers import run_cli as run_with_faults
 
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         out = tmp_path / f"run{code}"
-        proc = cli_popen("train", TINY, "--set", f"output.dir={out}", "--set", "train.batch_size=4",
-                         "--set", "train.epochs=3")
-        deadline = time.monotonic() + 120
-        while not (out / "config.yaml").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.005)
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == code, stderr
-        (line,) = [x for x in stderr.splitlines() if x.strip()]
+        result = run_with_faults(["train", TINY, "--set", f"output.dir={out}", "--set", "train.batch_size=4",
+                                  "--set", "train.epochs=3"], cwd=tmp_path, faults={"signal_at_step": [int(sig), 2]})
+        assert result.returncode == code, result.explain()
+        (line,) = [x for x in result.stderr.splitlines() if x.strip()]
         assert line == f"error: interrupted by signal {int(sig)}; checkpoint {out / 'last.safetensors'}"
         meta = load_checkpoint(out / "last.safetensors").metadata
         assert meta["finished"] is False
-        assert meta["position"]["step"] >= 1
-        assert "Traceback" not in stdout + stderr
+        assert meta["position"] == {"epoch": 0, "batch": 2, "step": 2}  # in the first epoch, at its step 2
+        assert not (out / "metrics.csv").exists() and not list(out.glob("epoch-*"))
+        assert "Traceback" not in result.stdout + result.stderr
         assert not list(out.glob(".*.tmp-*"))
 
 

@@ -151,18 +151,19 @@ def test_sigint_mid_epoch_checkpoints_the_step_and_resume_equals(reference, tmp_
 
 
 def test_sigterm_during_a_step_in_epoch_two_resume_equals(reference, steps_per_epoch, tmp_path):
-    """SIGTERM during training of epoch 2: a mid-epoch checkpoint at the interrupted step."""
+    """SIGTERM during training of epoch 2 (the process signals itself inside its third step of
+    epoch 2, by the fault hook, so the moment is chosen, not raced): a mid-epoch checkpoint at
+    that step, and a resume that ends as the uninterrupted run."""
+    from fault_helpers import run_cli as run_with_faults
+
     out = tmp_path / "run"
-    proc = cli_popen(*train_args(out))
-    wait_for(lambda: (out / "epoch-1.safetensors").exists(), proc, what="epoch 1's checkpoint")
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    step = steps_per_epoch + 3
+    result = run_with_faults(train_args(out), cwd=tmp_path, faults={"signal_at_step": [signal.SIGTERM, step]})
+    assert result.returncode == 143, result.explain()
+    assert result.errors == [f"error: interrupted by signal 15; checkpoint {out / 'last.safetensors'}"]
     pos = load_checkpoint(out / "last.safetensors").metadata["position"]
-    assert 0 < pos["batch"] < steps_per_epoch, f"not a mid-epoch checkpoint: {pos}"
-    assert pos["step"] == pos["epoch"] * steps_per_epoch + pos["batch"]
-    assert len(metrics(out)) == pos["epoch"]  # only completed epochs have a row
+    assert pos == {"epoch": 1, "batch": 3, "step": step}  # 0-based epoch 1 is epoch two
+    assert len(metrics(out)) == 1  # only the completed epoch one has a row
 
     r = run_cli_subprocess(*train_args(out, "--resume", "auto"))
     assert r.returncode == 0, r.stderr
