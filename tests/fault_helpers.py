@@ -354,6 +354,12 @@ def assert_resumes_to_reference(run: Path, cwd: Path, reference: dict) -> Result
     """``--resume auto`` to the end: exit 0, no temp file left, every checkpoint and
     metrics.csv as in the uninterrupted reference run (bit for bit, timing aside)."""
     result = run_cli(["train", str(TINY), "--set", f"output.dir={run}", "-q", "--resume", "auto"], cwd=cwd)
+    assert_resumed_to_reference(run, result, reference)
+    return result
+
+
+def assert_resumed_to_reference(run: Path, result: Result, reference: dict) -> None:
+    """What assert_resumes_to_reference checks, for a resume already run (``result``)."""
     assert result.returncode == 0, result.explain()
     assert temp_files(run) == [], "stale temp files were not cleaned"
     checkpoints = check_run_folder(run)
@@ -361,7 +367,6 @@ def assert_resumes_to_reference(run: Path, cwd: Path, reference: dict) -> Result
     for name, want in reference["checkpoints"].items():
         assert_same_checkpoint(checkpoints[name], want, name)
     assert metrics_without_timing(run) == reference["metrics"]
-    return result
 
 
 # --------------------------------------------------------------------------- the fault wrapper

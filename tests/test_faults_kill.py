@@ -1,4 +1,4 @@
-"""kill -9 at seeded moments of a short run, then ``--resume auto`` to the end.
+"""kill -9 at chosen moments of a short run, then ``--resume auto`` to the end.
 
 After every kill the run folder holds only whole files (each checkpoint loads with its content
 hash verified; a torn write survives only as a hidden temp file of the dead pid, which the
@@ -6,10 +6,11 @@ next run removes), and the resumed run ends bit for bit where an uninterrupted r
 same model and optimizer arrays in every checkpoint, the same metrics.csv (wall-clock columns
 aside), the same position and history.
 
-Moments are of two kinds: a seeded random delay after the process starts (anywhere: imports,
-data loading, a step, an evaluation, a write, a rotation), and the inside of the n-th
-atomic write, made wide with ``AUTOTRAIN_FAULT_WRITE_SLEEP`` so the kill lands there for
-certain. The default suite runs 3 kills; ``AUTOTRAIN_KILL_LOOP=20`` (or ``-m slow``) runs 20.
+The default suite kills deterministically, with the fault hooks of fault_helpers (the process
+sends itself SIGKILL at the chosen point, so no kill races the run): inside each of the 9
+atomic writes of the run, inside a step of each epoch and inside an evaluation. The slow loop
+(``-m slow``, or ``AUTOTRAIN_KILL_LOOP=N`` for N of its kills) adds kills at seeded random
+delays from the outside, as a user's ``kill -9`` lands: imports, data loading, anywhere.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from pathlib import Path
 
 import pytest
 from fault_helpers import (
+    TEMP_RE,
     TINY,
+    assert_resumed_to_reference,
     assert_resumes_to_reference,
     check_run_folder,
     finish,
     kill9,
+    run_forked,
     start_cli,
     temp_files,
     tiny_reference,
@@ -34,7 +38,6 @@ from fault_helpers import (
 
 from autotrain.io import find_latest_valid_checkpoint, load_checkpoint
 
-DEFAULT_KILLS = 3
 FULL_KILLS = 20
 WRITE_SLEEP = "0.15"
 # The atomic writes of the 2-epoch tiny run, in order (best.safetensors is written when
@@ -115,21 +118,67 @@ def one_kill(i: int, tmp: Path, reference) -> None:
 
 
 def kill_count() -> int:
-    return int(os.environ.get("AUTOTRAIN_KILL_LOOP", DEFAULT_KILLS))
+    return int(os.environ.get("AUTOTRAIN_KILL_LOOP", FULL_KILLS))
 
 
-@pytest.mark.parametrize("i", range(kill_count()))
-def test_kill_9_then_resume_matches_uninterrupted_run(i: int, tmp_path: Path, reference) -> None:
-    one_kill(i, tmp_path, reference)
+# --------------------------------------------------------------------------- chosen moments
+
+MOMENTS = {  # name -> fault that SIGKILLs the run there
+    **{f"write {n} ({name})": {"kill9_in_write": {"match": f".{name}.tmp-*", "after": 64,
+                                                   "nth": WRITES[:n].count(name)}}
+       for n, name in enumerate(WRITES, start=1)},
+    "step 2 (epoch 1)": {"signal_at_step": [9, 2]},
+    "last step of epoch 1": {"signal_at_step": [9, "last of epoch 1"]},
+    "first evaluation": {"signal_in_eval": 9},
+}
+
+
+@pytest.fixture(scope="module")
+def chosen_kills(tmp_path_factory, reference):
+    """Every moment of MOMENTS killed once (concurrently), then each run resumed to the end:
+    name -> (run folder, killed Result, what the kill left, resumed Result)."""
+    steps = reference["checkpoints"]["last.safetensors"].metadata["schedule"]["steps_per_epoch"]
+    base = tmp_path_factory.mktemp("kills")
+    jobs, runs = {}, {}
+    for i, (name, faults) in enumerate(MOMENTS.items()):
+        if faults.get("signal_at_step", [None, None])[1] == "last of epoch 1":
+            faults = {"signal_at_step": [9, steps]}
+        cwd = base / f"moment{i}"
+        cwd.mkdir()
+        runs[name] = cwd / "run"
+        jobs[name] = {"args": train_args(runs[name], resume=False), "cwd": cwd, "faults": faults}
+    killed = run_forked(jobs)
+    left = {}
+    for name, run in runs.items():
+        entries = sorted(p.name for p in run.iterdir()) if run.exists() else []
+        pids = {int(m.group(2)) for m in map(TEMP_RE.match, entries) if m}
+        check_run_folder(run, allowed_temp_pids=pids)  # whole files, before the resume touches them
+        left[name] = entries
+    resumed = run_forked({name: {"args": train_args(runs[name], resume=True), "cwd": runs[name].parent}
+                          for name in runs})
+    return {name: (runs[name], killed[name], left[name], resumed[name]) for name in runs}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_kill_9_at_a_chosen_moment_then_resume_matches_uninterrupted_run(moment: str, chosen_kills, reference) -> None:
+    run, killed, left, resumed = chosen_kills[moment]
+    assert killed.returncode == -9, killed.explain()  # killed there, not finished or failed
+    if moment.startswith("write "):
+        name = moment.split("(")[1].rstrip(")")
+        torn = [e for e in left if TEMP_RE.match(e)]
+        assert len(torn) == 1 and torn[0].startswith(f".{name}.tmp-"), left  # the kill hit that write
+    else:
+        assert not any(TEMP_RE.match(e) for e in left), left
+    assert_resumed_to_reference(run, resumed, reference)
+
+
+# --------------------------------------------------------------------------- random moments
 
 
 @pytest.mark.slow
 def test_kill_9_loop_full(tmp_path: Path, reference, request) -> None:
-    """Kills 4-20 of the loop (AUTOTRAIN_KILL_LOOP=20 runs them in the test above instead)."""
-    markexpr = request.config.option.markexpr or ""
-    if "slow" not in markexpr or "not slow" in markexpr:
-        pytest.skip("the full 20-kill loop runs with -m slow (or AUTOTRAIN_KILL_LOOP=20)")
-    for i in range(kill_count(), FULL_KILLS):
+    """Kills at seeded random moments (AUTOTRAIN_KILL_LOOP=N of them, default 20)."""
+    for i in range(kill_count()):
         one_kill(i, tmp_path, reference)
 
 
