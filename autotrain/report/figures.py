@@ -70,7 +70,8 @@ def _matrix_side(n: int) -> float:
 
 
 def _label_size(n: int) -> float:
-    return 10 if n <= 15 else max(5.5, 10 - (n - 15) * 0.13)
+    # 0.3 inch a class is ~22 points: 7-point names still fit at 50 classes.
+    return 10 if n <= 15 else max(7.0, 10 - (n - 15) * 0.09)
 
 
 def confusion_figure(counts: np.ndarray, names: list[str]) -> Figure:
@@ -132,11 +133,12 @@ def per_class_figure(precision: np.ndarray, recall: np.ndarray, names: list[str]
     ax.set_xlim(-0.6, n - 0.4 + (0.5 if n <= 20 else 0))
     ax.set_xlabel("class")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    # Above the axes: inside, the legend would hide some class's dots.
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
     title = "precision and recall per class"
     if undefined:
         title += f" (never predicted, precision undefined: {', '.join(undefined[:10])})"
-    ax.set_title(title)
+    ax.set_title(title, loc="left")
     return fig
 
 
