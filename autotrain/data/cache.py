@@ -31,6 +31,7 @@ checksummed at open (that would read the whole file), only their extent.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -58,6 +59,7 @@ _MAX_HEADER = 1 << 30
 _SUM_CHUNK = 1 << 16
 
 Notify = Callable[[str], None]
+_ABSENT = (FileNotFoundError, NotADirectoryError)  # no cache file there yet: nothing to warn about
 
 
 def to_unit_float(pixels: np.ndarray) -> np.ndarray:
@@ -438,9 +440,15 @@ def load_or_build(setting: str | os.PathLike[str] | None, name: str, key: str, m
         cached = _read_cache(path, key)
         return cached, CacheInfo(setting, str(path), "read", path.stat().st_size)
     except _Unusable as exc:
-        problem = None if isinstance(exc.__cause__, FileNotFoundError) else exc
+        problem = None if isinstance(exc.__cause__, _ABSENT) else exc
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        error = NotADirectoryError(errno.ENOTDIR, f"{path.parent} is not a folder")
+        return _cannot_write(path, explicit, problem, error, say, capacity, channels, size, build, setting)
+    except OSError as exc:
+        return _cannot_write(path, explicit, problem, exc, say, capacity, channels, size, build, setting)
+    try:
         lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         return _cannot_write(path, explicit, problem, exc, say, capacity, channels, size, build, setting)
@@ -454,7 +462,7 @@ def load_or_build(setting: str | os.PathLike[str] | None, name: str, key: str, m
             cached = _read_cache(path, key)
             return cached, CacheInfo(setting, str(path), "read", path.stat().st_size)
         except _Unusable as exc:
-            problem = None if isinstance(exc.__cause__, FileNotFoundError) else exc
+            problem = None if isinstance(exc.__cause__, _ABSENT) else exc
         if problem is not None:
             say(f"data cache {path}: {problem}; rebuilding it")
         _remove_stale_temps(path)
