@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 from pathlib import Path
 
@@ -64,16 +66,89 @@ def test_evaluate_reports_the_accuracy_training_measured_and_a_confusion_matrix(
     assert float(m.group(2)) == pytest.approx(trained_loss, abs=5e-5)
 
     names = best["class_names"]
-    rows = table_rows(r.stdout, names)
+    matrix, per_class = r.stdout.split("per class")
+    rows = table_rows(matrix, names)
     assert list(rows) == names, r.stdout
     counts = np.array([[int(v) for v in rows[c][:len(names)]] for c in names])
     assert counts.sum() == n
     assert np.trace(counts) / n == pytest.approx(trained_acc, abs=1e-9)
-    # recall column = diagonal / row sum, precision = diagonal / column sum (3 decimals)
+    # recall = diagonal / row sum, precision = diagonal / column sum (3 decimals), support = row sum
+    rows = table_rows(per_class, names)
     for i, c in enumerate(names):
-        precision, recall = float(rows[c][len(names)]), float(rows[c][len(names) + 1])
+        precision, recall, support = float(rows[c][0]), float(rows[c][1]), int(rows[c][2])
         assert recall == pytest.approx(counts[i, i] / counts[i].sum(), abs=5e-4)
         assert precision == pytest.approx(counts[i, i] / counts[:, i].sum(), abs=5e-4)
+        assert support == counts[i].sum()
+
+
+def test_evaluate_of_ten_classes_fits_80_columns_and_a_pipe(tmp_path):
+    """Piped (rich's 80 columns): every precision and recall is printed whole, no cell is cut."""
+    out = tmp_path / "run"
+    r = run_cli_subprocess("train", TINY, "--set", f"output.dir={out}", "--set", "train.epochs=1", "--set",
+                           "data.classes=null", "--set", "model.num_classes=10", "-q")
+    assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = run_cli_subprocess("evaluate", out / "last.safetensors", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout and max(map(len, r.stdout.splitlines())) <= 80, r.stdout
+    rows = table_rows(r.stdout.split("per class")[1], [str(d) for d in range(10)])
+    assert len(rows) == 10
+    for cells in rows.values():
+        assert all(re.fullmatch(r"\d\.\d{3}|-", v) for v in cells[:2]) and cells[2].isdigit(), cells
+
+
+def test_a_wide_confusion_matrix_is_split_into_tables_that_fit():
+    from rich.console import Console
+
+    from autotrain.cli.render import confusion_tables
+
+    names = [f"class_{i:02d}" for i in range(50)]
+    counts = np.random.default_rng(0).integers(0, 12000, (50, 50))
+    tables = confusion_tables(counts, names, 80)
+    assert len(tables) > 1
+    console = Console(width=80, record=True, file=io.StringIO())
+    seen = []
+    for t in tables:
+        console.print(t)
+        seen += [c.header for c in t.columns[1:]]
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    assert seen == names  # every predicted class once, in order
+    assert str(int(counts[49, 49])) in text
+
+
+def run_with_closed_stdout(*args) -> tuple[int, str]:
+    """``autotrain ARGS | head -0``, deterministically: the pipe's reading end is closed
+    before the command prints anything, so its every write to stdout meets a closed pipe."""
+    import subprocess
+
+    from conftest import CLI, cli_env
+
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([*CLI, *map(str, args)], env=cli_env(), stdout=write_end, stderr=subprocess.PIPE,
+                            text=True)
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone
+    _, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr
+
+
+def test_a_closed_stdout_costs_no_run_and_read_only_commands_end_quietly(run_dir, tmp_path):
+    """`autotrain train ... | head -1`: the run goes on to its own end and exit code;
+    `autotrain inspect ... | head -1` (and the other read-only commands) exit 0, stderr empty."""
+    out = tmp_path / "run"
+    code, stderr = run_with_closed_stdout("train", TINY, "--set", f"output.dir={out}", "--set", "train.epochs=2")
+    assert code == 0 and stderr == "", stderr
+    meta = load_checkpoint(out / "last.safetensors").metadata
+    assert meta["finished"] is True and meta["position"]["epoch"] == 2
+    # the run's own exit code still comes through: a bad config is exit 2 with its line on stderr
+    code, stderr = run_with_closed_stdout("train", TINY, "--set", "optimizer.lr=abc")
+    assert code == 2 and stderr.startswith("error: --set optimizer.lr=abc"), stderr
+
+    for args in (["inspect", run_dir / "last.safetensors"], ["config", "show", TINY],
+                 ["evaluate", run_dir / "last.safetensors"]):
+        code, stderr = run_with_closed_stdout(*args)
+        assert code == 0 and stderr == "", (args, code, stderr)
 
 
 def test_evaluate_on_other_data_with_set(run_dir):

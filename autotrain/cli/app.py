@@ -240,7 +240,7 @@ def config_show(config: Annotated[Path, typer.Argument(help="YAML config file.")
 
     with _errors():
         cfg = _load(config, set_)
-    sys.stdout.write(config_to_yaml(cfg))
+    render.console.file.write(config_to_yaml(cfg))  # plain text, through the closed-pipe guard
 
 
 @app.command()
@@ -260,7 +260,9 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.saf
             raise ConfigError([f"--set {f}: evaluate uses the checkpoint's model and seed; only data.* can change"
                                for f in changed])
         report = evaluate_checkpoint(trained, cfg)
-    render.console.print(render.confusion_table(report.confusion, report.class_names, report.precision, report.recall),
+    for table in render.confusion_tables(report.confusion, report.class_names, render.console.width):
+        render.console.print(table, soft_wrap=False)
+    render.console.print(render.per_class_table(report.confusion, report.class_names, report.precision, report.recall),
                          soft_wrap=False)
     render.console.print(f"accuracy {report.accuracy:.4f} loss {report.loss:.4f} on {report.count} images")
 

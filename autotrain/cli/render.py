@@ -6,6 +6,8 @@ The library reports through ``Reporter`` callbacks and returns data; only this m
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 
 from rich.console import Console
@@ -16,9 +18,51 @@ from rich.table import Table
 from ..train.loop import Reporter
 from ..train.run import METRIC_COLUMNS
 
+class StdoutUntilClosed:
+    """sys.stdout for everything the CLI prints, until its reader goes away.
+
+    ``autotrain train ... | head -1`` closes the pipe after one line; the next write raises
+    BrokenPipeError, which would end a training run with nothing but config.yaml written. A
+    closed stdout must not cost a run: from the first broken write on, fd 1 points at
+    /dev/null (so Python's flush at exit cannot fail either), printing stops silently, and
+    the command goes on to its own exit code. Attributes are read from the current
+    ``sys.stdout`` at each call, so test runners that swap it still capture the output.
+    """
+
+    reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not StdoutUntilClosed.reader_gone:
+            try:
+                return sys.stdout.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not StdoutUntilClosed.reader_gone:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    @staticmethod
+    def _reader_gone() -> None:
+        StdoutUntilClosed.reader_gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no real fd (a test runner's buffer): nothing to redirect
+            pass
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
 # soft_wrap: a message stays one line in a pipe or log (no newline inserted inside a path);
 # tables are printed with soft_wrap=False so they still fit the width.
-console = Console(soft_wrap=True)
+console = Console(file=StdoutUntilClosed(), soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -168,13 +212,41 @@ def gradcheck_table(results) -> Table:
     return t
 
 
-def confusion_table(counts, class_names, precision, recall) -> Table:
-    t = Table(title="confusion matrix (rows: true, columns: predicted)")
-    t.add_column("true \\ pred")
-    for name in class_names:
-        t.add_column(escape(name), justify="right")
-    t.add_column("precision", justify="right")
-    t.add_column("recall", justify="right")
+def per_class_table(counts, class_names, precision, recall) -> Table:
+    """Precision, recall and support per class: four narrow columns, so the numbers users came
+    for are never cut, whatever the number of classes or the terminal width."""
+    t = Table(title="per class")
+    t.add_column("class", overflow="fold")
+    for column in ("precision", "recall", "support"):
+        t.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for i, name in enumerate(class_names):
-        t.add_row(escape(name), *(str(int(v)) for v in counts[i]), _fmt(float(precision[i]), 3), _fmt(float(recall[i]), 3))
+        t.add_row(escape(name), _fmt(float(precision[i]), 3), _fmt(float(recall[i]), 3), str(int(counts[i].sum())))
     return t
+
+
+def confusion_tables(counts, class_names, width: int) -> list[Table]:
+    """The confusion matrix as one table, or, when its columns do not fit ``width``, as several
+    tables of consecutive predicted classes (each with the true-class column), like a wide
+    data frame wrapped: no count is ever cut."""
+    names = [str(n) for n in class_names]
+    first = max([len("true \\ pred")] + [len(n) for n in names]) + 3  # cell padding and border
+    cells = [max(len(n), len(str(int(counts[:, j].max())) if len(counts) else 1)) + 3 for j, n in enumerate(names)]
+    groups, current, used = [], [], first + 1
+    for j, w in enumerate(cells):
+        if current and used + w > width:
+            groups.append(current)
+            current, used = [], first + 1
+        current.append(j)
+        used += w
+    groups.append(current)
+    tables = []
+    for k, cols in enumerate(groups):
+        part = f" (predicted {names[cols[0]]}..{names[cols[-1]]})" if len(groups) > 1 else ""
+        t = Table(title=f"confusion matrix (rows: true, columns: predicted){part}")
+        t.add_column("true \\ pred", no_wrap=True)
+        for j in cols:
+            t.add_column(escape(names[j]), justify="right", no_wrap=True)
+        for i, name in enumerate(names):
+            t.add_row(escape(name), *(str(int(counts[i, j])) for j in cols))
+        tables.append(t)
+    return tables
