@@ -105,7 +105,7 @@ def wide(tmp_path_factory) -> Model:
 
 
 @pytest.fixture
-def models(request, digits, wide):
+def models(digits, wide):
     return {"digits": digits, "wide": wide}
 
 
@@ -168,6 +168,10 @@ def test_onnx_metadata_and_names(digits, tmp_path):
     assert json.loads(props["config"]) == config_to_dict(digits.config)
     assert props["checkpoint_sha256"] == load_checkpoint(digits.path).sha256
     assert [o.version for o in proto.opset_import] == [13]
+    onnx.checker.check_model(proto, full_check=True)
+    ort = require("onnxruntime")
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"images": digits.raw})[0]
+    assert relative(got, digits.logits) < RTOL
     # weights under their state_dict names, bit for bit (BatchNorm not folded)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     float_state = {k: v for k, v in digits.state.items() if not k.endswith("num_batches_tracked")}
@@ -181,14 +185,21 @@ def test_export_refuses_what_is_not_a_checkpoint(digits, tmp_path):
     save_weights(digits.state, bare)  # the right tensors, but no config or normalisation
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not weights at all")
+    wrong = tmp_path / "wrong.safetensors"  # a checkpoint whose config says width 8 for width-4 tensors
+    meta = load_checkpoint(digits.path).metadata
+    meta["config"]["model"]["width"] = 8
+    save_checkpoint(wrong, digits.state, {}, meta)
     out = tmp_path / "keep.onnx"
     out.write_bytes(b"previous")
-    for path in (bare, garbage, tmp_path / "missing.safetensors"):
+    for path, message in [(bare, "export needs a checkpoint"), (garbage, "export needs a checkpoint"),
+                          (tmp_path / "missing.safetensors", "export needs a checkpoint"),
+                          (wrong, "conv1.weight: checkpoint (4, 1, 3, 3) vs model (8, 1, 3, 3)")]:
         r = cli("export", path, out)
         assert r.exit_code == 3, r.output
-        assert path.name in r.output and "export needs a checkpoint" in r.output
+        assert path.name in r.output and message in r.output, r.output
         assert out.read_bytes() == b"previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.safetensors", "garbage.safetensors", "keep.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.safetensors", "garbage.safetensors", "keep.onnx",
+                                                          "wrong.safetensors"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -280,7 +291,10 @@ def test_convert_to_pth_refuses_a_wrong_architecture(digits, tmp_path):
     reshaped = dict(digits.state, **{"layer2.0.conv1.weight": np.zeros((8, 4, 1, 1), np.float32)})
     cases = {"dropped": (dropped, "missing layer4.1.bn2.weight"), "extra": (extra, "unexpected head.weight"),
              "reshaped": (reshaped, "shape mismatch layer2.0.conv1.weight: file (8, 4, 1, 1) vs model (8, 4, 3, 3)"),
-             "other": ({"w": np.ones(3, np.float32)}, "not a ResNet-18 state_dict")}
+             "other": ({"w": np.ones(3, np.float32)}, "not a ResNet-18 state_dict"),
+             # a width of 1024 claimed in a small file is refused before a network that wide is built
+             "claims": (dict(digits.state, **{"conv1.weight": np.ones((1024, 1, 3, 3), np.float32)}),
+                        "needs layer4.1.conv2.weight of shape (8192, 8192, 3, 3)")}
     for name, (state, message) in cases.items():
         src = tmp_path / f"{name}.safetensors"
         save_weights(state, src)

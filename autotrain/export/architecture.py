@@ -25,11 +25,18 @@ def resnet18_state(tensors: Mapping[str, np.ndarray], source: str) -> "OrderedDi
         raise WeightsError(f"{source}: not a ResNet-18 state_dict (wrong architecture?): it needs conv1.weight "
                            "(width, channels, 7 or 3, 7 or 3) and fc.weight (classes, 8 x width)")
     width, channels, kernel = conv1.shape[:3]
+    last = tensors.get("layer4.1.conv2.weight")
+    if min(width, channels, fc.shape[0]) < 1 or last is None or last.shape != (8 * width, 8 * width, 3, 3):
+        # checked before the model is built: the file must hold the largest tensor itself,
+        # so a few bytes claiming a huge width cannot make us allocate a huge network
+        raise WeightsError(f"{source}: not a ResNet-18 state_dict (wrong architecture?): conv1.weight "
+                           f"{tuple(conv1.shape)} needs layer4.1.conv2.weight of shape {(8 * width, 8 * width, 3, 3)}")
     model = resnet18(num_classes=fc.shape[0], in_channels=channels, width=width, stem=_STEMS[kernel])
     shapes = {name: t.shape for name, t in model.state_dict().items()}
     report = match_state_dict(shapes, tensors)
     if not report.complete:
-        problems = [f"shape mismatch {name}: file {got} vs model {want}" for name, want, got in report.mismatched[:_SHOWN]]
+        problems = [f"shape mismatch {name}: file {got} vs model {want}"
+                    for name, want, got in report.mismatched[:_SHOWN]]
         problems += [f"missing {name}" for name in report.missing[:_SHOWN]]
         problems += [f"unexpected {name}" for name in report.unexpected[:_SHOWN]]
         counts = (f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, "
