@@ -228,3 +228,293 @@ def test_sgd_reference_case_fails_when_a_parameter_without_gradient_decays(monke
 
     monkeypatch.setattr(SGD, "step", step)
     assert not run_case(_case("sgd_reference")).passed
+
+
+# === Survivors of scripts/mutation_test.py (benchmarks/mutation_report.md) =====================
+# Each test below kills mutants that survived the engine tests; the report lists them by name.
+
+# --- Tensor's reflected operators, comparisons and small methods --------------------------------
+
+def test_reflected_operators_put_the_number_on_the_left():
+    x = leaf(np.array([1.0, 2.0, 4.0]))
+    np.testing.assert_array_equal((10.0 + x).data, [11.0, 12.0, 14.0])
+    np.testing.assert_array_equal((10.0 - x).data, [9.0, 8.0, 6.0])
+    np.testing.assert_array_equal((8.0 / x).data, [8.0, 4.0, 2.0])
+    m = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal((m @ x).data, [1.0, 4.0])  # ndarray @ Tensor defers to __rmatmul__
+    ((10.0 + x) + (10.0 - x) * 2.0 + 8.0 / x).sum().backward()
+    (m @ x).sum().backward()
+    # d/dx: 1 - 2 - 8/x^2 + column sums of m ([1, 0, 1])
+    np.testing.assert_allclose(x.grad.data, [1 - 2 - 8.0 + 1, 1 - 2 - 2.0, 1 - 2 - 0.5 + 1], rtol=1e-15)
+
+
+def test_comparisons_against_a_tensor_and_a_number():
+    a, b = at.tensor([1.0, 2.0, 3.0]), at.tensor([2.0, 2.0, 2.0])
+    assert (a < b).tolist() == [True, False, False]
+    assert (a <= b).tolist() == [True, True, False]
+    assert (a > b).tolist() == [False, False, True]
+    assert (a >= b).tolist() == [False, True, True]
+    assert (a != b).tolist() == [True, False, True]
+    assert (a == b).tolist() == [False, True, False]
+    assert (a < 2.5).tolist() == [True, True, False] and (a >= 2.0).tolist() == [False, True, True]
+
+
+def test_scalar_conversions_and_reductions():
+    assert bool(at.tensor(0.0)) is False and bool(at.tensor([3.0])) is True
+    assert float(at.tensor([2.5])) == 2.5
+    t = at.tensor([[0.0, 5.0, 1.0], [7.0, 2.0, 0.0]])
+    assert t.all().item() is False and t.any().item() is True
+    assert at.tensor([1.0, 2.0]).all().item() is True and at.tensor([0.0]).any().item() is False
+    assert t.argmax().item() == 3
+    assert t.argmax(axis=1).tolist() == [1, 0] and t.argmax(dim=0).tolist() == [1, 0, 0]
+    assert t.size() == (2, 3) and t.size(1) == 3 and t.size(-2) == 2
+
+
+def test_abs_sqrt_pow_relu_values_and_gradients():
+    x = leaf(np.array([-4.0, 0.25, 9.0]))
+    np.testing.assert_array_equal(x.abs().data, [4.0, 0.25, 9.0])
+    np.testing.assert_array_equal(x.relu().data, [0.0, 0.25, 9.0])
+    np.testing.assert_array_equal(x.pow(2).data, [16.0, 0.0625, 81.0])
+    y = leaf(np.array([4.0, 0.25, 9.0]))
+    np.testing.assert_array_equal(y.sqrt().data, [2.0, 0.5, 3.0])
+    (x.abs() + x.relu() + x.pow(2)).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [-1 + 0 - 8.0, 1 + 1 + 0.5, 1 + 1 + 18.0])
+    y.sqrt().sum().backward()
+    np.testing.assert_allclose(y.grad.data, [0.25, 1.0, 1 / 6], rtol=1e-15)  # 1 / (2 sqrt(y))
+
+
+def test_to_double_float_cast_and_same_dtype_returns_self():
+    x = leaf(np.array([1.5, -2.0], dtype=np.float32))
+    assert x.to(np.float32) is x and x.float() is x
+    d = x.double()
+    assert d.dtype == np.float64 and d.grad_fn is not None and d.grad_fn.name() == "CastBackward0"
+    assert x.to("float64").dtype == np.float64
+    f = leaf(np.array([1.5]), requires_grad=False).float()
+    assert f.dtype == np.float32 and not f.requires_grad
+
+
+def test_transpose_defaults_to_the_first_two_dims():
+    t = at.tensor(np.arange(24.0).reshape(2, 3, 4))
+    assert t.transpose().shape == (3, 2, 4)
+    np.testing.assert_array_equal(t.transpose().data, np.arange(24.0).reshape(2, 3, 4).swapaxes(0, 1))
+
+
+def test_numpy_on_a_tensor_that_requires_grad_names_detach():
+    with pytest.raises(RuntimeError) as err:
+        leaf(np.ones(2)).numpy()
+    assert str(err.value) == "Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead."
+
+
+def test_repr_of_a_matrix_aligns_its_rows_under_the_first():
+    assert repr(at.tensor([[1.5, 2.5], [3.5, 4.5]])) == "tensor([[1.5000, 2.5000],\n        [3.5000, 4.5000]])"
+
+
+@pytest.mark.parametrize("values, text", [
+    # Written from torch 2.13's output for the same float32 values.
+    ([0.0, 1.5], "tensor([0.0000, 1.5000])"),  # zeros do not count in the span
+    ([1e-5, 5e-5], "tensor([1.0000e-05, 5.0000e-05])"),  # below 1e-4 though the span is 5x
+    ([1e-4, 0.05], "tensor([0.0001, 0.0500])"),  # 1e-4 itself is not below
+    ([0.5, 1500.5], "tensor([5.0000e-01, 1.5005e+03])"),  # a span over 1000x
+    ([1.5, 1500.75], "tensor([1.5000e+00, 1.5008e+03])"),  # 1000.5x
+])
+def test_repr_switches_to_scientific_where_torch_does(values, text):
+    assert repr(at.tensor(values)) == text
+
+
+def test_repr_scientific_above_1e8_in_float64():
+    # 100000000.5 is above 1e8 (torch: scientific); the span to 1e6 is only 100x.
+    assert "e+08" in repr(at.tensor(np.array([100000000.5, 1000000.5])))
+
+
+# --- factories ----------------------------------------------------------------------------------
+
+def test_like_factories_do_not_require_grad_unless_asked():
+    t = at.tensor([1.0, 2.0])
+    assert not at.zeros_like(t).requires_grad and not at.ones_like(t).requires_grad
+    assert at.zeros_like(t, requires_grad=True).requires_grad and at.ones_like(t, requires_grad=True).requires_grad
+
+
+# --- PowTensor and Pow at their edges (torch's conventions) -------------------------------------
+
+def test_tensor_power_gradients_at_zero_base_and_zero_exponent():
+    a = leaf(np.array([0.0, 0.0, 0.0, 0.0, 2.0, 2.0]))
+    b = leaf(np.array([0.0, 0.5, 1.0, 2.0, 0.0, 3.0]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a^(b-1) at a = 0, masked where b == 0
+        (a ** b).sum().backward()
+    # d/da a^b = b a^(b-1), defined 0 where b == 0; at a = 0, b = 0.5 it is +inf (as torch).
+    np.testing.assert_array_equal(a.grad.data, [0.0, np.inf, 1.0, 0.0, 0.0, 12.0])
+    # d/db a^b = a^b log a, defined 0 where a == 0 and b >= 0.
+    np.testing.assert_allclose(b.grad.data, [0.0, 0.0, 0.0, 0.0, np.log(2.0), 8 * np.log(2.0)], rtol=1e-15)
+
+
+def test_tensor_power_exponent_gradient_takes_log_of_zero_silently():
+    a = leaf(np.array([0.0, 0.0, 2.0]), requires_grad=False)
+    b = leaf(np.array([0.0, 1.0, 3.0]))
+    with np.errstate(divide="raise", invalid="raise"):  # log(0) and 0 * -inf are masked, not errors
+        (a ** b).sum().backward()
+    np.testing.assert_allclose(b.grad.data, [0.0, 0.0, 8 * np.log(2.0)], rtol=1e-15)
+
+
+def test_tensor_power_gradient_of_the_base_alone():
+    a, b = leaf(np.array([2.0, 3.0])), leaf(np.array([3.0, 2.0]), requires_grad=False)
+    (a ** b).sum().backward()
+    np.testing.assert_array_equal(a.grad.data, [12.0, 6.0])
+
+
+def test_power_gradient_keeps_a_float32_input_in_float32():
+    _Probe.seen = []
+    x = leaf(np.array([1.5, 2.0], dtype=np.float32))
+    (_Probe.apply(x) ** 3).sum().backward()
+    assert _Probe.seen == [np.float32]
+    np.testing.assert_array_equal(x.grad.data, np.array([6.75, 12.0], dtype=np.float32))
+
+
+# --- zero_grads ------------------------------------------------------------------------------------
+
+def test_zero_grads_forgets_by_default_and_zeroes_in_place_when_asked():
+    from autotrain.autograd.tensor import zero_grads
+
+    p = leaf(np.ones(2))
+    (p * 3.0).sum().backward()
+    kept = p.grad
+    zero_grads([p], set_to_none=False)
+    assert p.grad is kept and kept.data.tolist() == [0.0, 0.0]
+    zero_grads([p])
+    assert p.grad is None
+
+
+# --- learning-rate schedules ---------------------------------------------------------------------
+
+def test_schedule_defaults_and_the_end_of_cosine():
+    from autotrain.optim import scheduled_lr
+
+    # Defaults: step_size 30 epochs, gamma 0.1 (torch's StepLR example values).
+    assert scheduled_lr(1.0, "step", 29, 1, 100) == 1.0
+    assert scheduled_lr(1.0, "step", 30, 1, 100) == pytest.approx(0.1, rel=1e-15)
+    # Past the last step the cosine stays at 0 (progress capped at 1), not on its way back up.
+    assert scheduled_lr(0.1, "cosine", 20, 4, 3) == pytest.approx(0.0, abs=1e-18)
+    # One step in all: progress is 0 then 1, never a division by 0.
+    assert scheduled_lr(0.1, "cosine", 0, 1, 1) == pytest.approx(0.1) and scheduled_lr(0.1, "cosine", 1, 1, 1) == pytest.approx(0.0, abs=1e-18)
+
+
+# --- SGD: hyper-parameters at 1, memory layouts, state loading --------------------------------
+
+def _sgd_reference_steps(p0, grads, lr, momentum=0.0, weight_decay=0.0):
+    """torch's rule written out for one parameter (no dampening, no nesterov)."""
+    p, buf = p0.copy(), None
+    for g in grads:
+        d = g + weight_decay * p
+        if momentum:
+            buf = d.copy() if buf is None else momentum * buf + d
+            d = buf
+        p = p - lr * d
+    return p, buf
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_sgd_with_momentum_or_weight_decay_of_exactly_one(momentum, weight_decay):
+    from autotrain.optim import SGD
+
+    rng = np.random.default_rng(5)
+    p0, grads = rng.standard_normal(5), [rng.standard_normal(5) for _ in range(3)]
+    p = leaf(p0.copy())
+    opt = SGD([p], lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for g in grads:
+        p.grad = at.tensor(g.copy())
+        opt.step()
+    want_p, want_b = _sgd_reference_steps(p0, grads, 0.1, momentum, weight_decay)
+    np.testing.assert_allclose(p.data, want_p, rtol=1e-14)
+    if momentum:
+        np.testing.assert_allclose(opt.state[0]["momentum_buffer"], want_b, rtol=1e-14)
+
+
+def test_sgd_flat_view_follows_memory_order_and_refuses_gaps():
+    from autotrain.optim.sgd import _flat
+
+    nhwc = np.arange(24.0).reshape(2, 2, 3, 2)  # memory order
+    nchw = nhwc.transpose(0, 3, 1, 2)  # channels-last, seen as NCHW
+    flat = _flat(nchw)
+    assert flat.ndim == 1 and np.shares_memory(flat, nhwc)
+    np.testing.assert_array_equal(flat, np.arange(24.0))  # memory order, not NCHW order
+    c = np.arange(6.0).reshape(2, 3)
+    assert np.shares_memory(_flat(c), c) and _flat(c).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert _flat(np.arange(12.0).reshape(3, 4)[:, ::2]) is None  # gaps: not one dense block
+
+
+def test_sgd_updates_a_strided_parameter_in_place():
+    from autotrain.optim import SGD
+
+    base = np.zeros((3, 4))
+    p = at.tensor(np.zeros(1), requires_grad=True)
+    p.data = base[:, ::2]  # a view with gaps: the update must land in base
+    p.grad = at.tensor(np.ones((3, 2)))
+    SGD([p], lr=0.5, momentum=0.9).step()
+    np.testing.assert_array_equal(base, np.tile([-0.5, 0.0], (3, 2)))
+
+
+def test_sgd_channels_last_parameter_with_channels_last_gradient():
+    from autotrain.optim import SGD
+
+    rng = np.random.default_rng(6)
+    p0 = rng.standard_normal((2, 3, 2, 2))
+    grads = [rng.standard_normal((2, 3, 2, 2)) for _ in range(2)]
+    p = at.tensor(np.zeros(1), requires_grad=True)
+    p.data = np.ascontiguousarray(p0.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for g in grads:
+        p.grad = at.tensor(np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+        opt.step()
+    want_p, want_b = _sgd_reference_steps(p0, grads, 0.1, 0.9, 0.01)
+    np.testing.assert_allclose(p.data, want_p, rtol=1e-14)
+    np.testing.assert_allclose(opt.state[0]["momentum_buffer"], want_b, rtol=1e-14)
+
+
+def _three_group_sgd():
+    from autotrain.optim import SGD
+
+    ps = [leaf(np.ones(n, dtype=np.float32)) for n in (2, 3, 4, 5, 6)]
+    return ps, SGD([{"params": ps[:2]}, {"params": ps[2:4], "lr": 0.5}, {"params": ps[4:]}], lr=0.1, momentum=0.9)
+
+
+def test_sgd_param_groups_meta_numbers_positions_across_groups():
+    _, opt = _three_group_sgd()
+    meta = opt.param_groups_meta()
+    assert [g["params"] for g in meta] == [[0, 1], [2, 3], [4]]
+    assert [g["lr"] for g in meta] == [0.1, 0.5, 0.1]
+
+
+def test_sgd_load_state_dict_checks_positions_and_keeps_its_own_copy_in_the_params_dtype():
+    ps, opt = _three_group_sgd()
+    for p in ps:
+        p.grad = at.tensor(np.ones(p.shape, dtype=np.float32))
+    opt.step()
+    state = opt.state_dict()
+    state["state"] = {i: {"momentum_buffer": s["momentum_buffer"].astype(np.float64)} for i, s in state["state"].items()}
+    _, fresh = _three_group_sgd()
+    fresh.load_state_dict(state)
+    buf = fresh.state[4]["momentum_buffer"]
+    assert buf.dtype == np.float32
+    state["state"][4]["momentum_buffer"][...] = 7.0  # the caller's arrays are not the optimizer's
+    assert buf.tolist() == [1.0] * 6
+    _, same = _three_group_sgd()
+    kept = {k: v for k, v in opt.state_dict().items()}
+    same.load_state_dict(kept)
+    kept["state"][0]["momentum_buffer"][...] = 7.0  # same dtype: still a copy
+    assert same.state[0]["momentum_buffer"].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError) as err:
+        fresh.load_state_dict({"state": {5: {"momentum_buffer": np.ones(6)}}, "param_groups": state["param_groups"]})
+    assert str(err.value) == "optimizer state for parameter position 5, but there are 5"
+    with pytest.raises(ValueError) as err:
+        fresh.load_state_dict({"state": {}, "param_groups": state["param_groups"][:2]})
+    assert str(err.value) == "loaded optimizer state has a different number of parameters per group"
+    with pytest.raises(ValueError) as err:
+        fresh.load_state_dict({"state": {1: {"momentum_buffer": np.ones(2)}}, "param_groups": state["param_groups"]})
+    assert str(err.value) == "optimizer state 1.momentum_buffer has shape (2,), parameter has (3,)"
+
+
+def test_sgd_zero_grad_forgets_by_default():
+    ps, opt = _three_group_sgd()
+    for p in ps:
+        p.grad = at.tensor(np.ones(p.shape, dtype=np.float32))
+    opt.zero_grad()
+    assert all(p.grad is None for p in ps)
