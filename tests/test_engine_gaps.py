@@ -518,3 +518,146 @@ def test_sgd_zero_grad_forgets_by_default():
         p.grad = at.tensor(np.ones(p.shape, dtype=np.float32))
     opt.zero_grad()
     assert all(p.grad is None for p in ps)
+
+
+# --- The backward walk: a node that receives no gradient ----------------------------------------
+
+class _Stop(Function):
+    """Passes values forward and no gradient back (returns None for its input)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None,)
+
+
+@pytest.mark.parametrize("stopped_first", [True, False])
+def test_a_subgraph_that_gets_no_gradient_is_skipped_and_released(stopped_first):
+    x = leaf(np.array([1.0, 2.0]))
+    a = x * 2.0  # a feeds the stopped branch and two live ones
+    h = (a * 3.0) * 5.0  # only through the stop
+    stopped, live1, live2 = _Stop.apply(h).sum(), (a * 4.0).sum(), (a * 7.0).sum()
+    loss = stopped + live1 + live2 if stopped_first else live1 + live2 + stopped
+    loss.backward()
+    np.testing.assert_array_equal(x.grad.data, [22.0, 22.0])  # 2 * (4 + 7); nothing through h
+    assert h.grad_fn.saved == () and a.grad_fn.saved == ()  # released, the skipped part too
+
+
+def test_a_skipped_subgraph_is_kept_for_a_second_backward_with_retain_graph():
+    x = leaf(np.array([1.0, 2.0]))
+    h = (x * 3.0) * x  # h = 3 x^2 saves arrays
+    (_Stop.apply(h).sum() + (x * 4.0).sum()).backward(retain_graph=True)
+    np.testing.assert_array_equal(x.grad.data, [4.0, 4.0])
+    h.sum().backward()  # through the part skipped above: it must still have its arrays
+    np.testing.assert_array_equal(x.grad.data, [4.0 + 6.0, 4.0 + 12.0])  # + 6 x
+
+
+# --- Small API contracts ---------------------------------------------------------------------------
+
+def test_tensor_from_a_tensor_copies_its_values():
+    src = at.tensor([1.0, 2.0])
+    t = at.tensor(src)
+    assert t.tolist() == [1.0, 2.0] and not np.shares_memory(t.data, src.data)
+
+
+def test_item_of_many_elements_says_how_many():
+    with pytest.raises(RuntimeError) as err:
+        at.tensor([1.0, 2.0]).item()
+    assert str(err.value) == "a Tensor with 2 elements cannot be converted to Scalar"
+
+
+def test_gradcheck_takes_one_tensor_and_passes_its_settings_on():
+    from autotrain.autograd import GradcheckError, gradcheck
+
+    x = leaf(np.array([0.5, 1.5, 2.0]))
+    assert gradcheck(lambda t: t ** 3, x)  # one tensor, not a tuple
+    # eps 0.1: central differences of x^3 are off by eps^2 = 0.01, past the default tolerance.
+    with pytest.raises(GradcheckError):
+        gradcheck(lambda t: t ** 3, (x,), eps=0.1)
+    assert gradcheck(lambda t: t ** 3, (x,), eps=0.1, atol=0.05)
+    assert gradcheck(lambda t: t ** 3, (x,), eps=0.1, rtol=0.05, atol=0.02)
+
+    class WrongAt2(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            out = g * 2.0
+            out[2] += 1.0
+            return (out,)
+
+    with pytest.raises(GradcheckError, match=r"\(2,\)"):
+        gradcheck(WrongAt2.apply, (x,))
+    # max_elements=2 samples 2 of the 3 elements: some seeds leave the wrong one out.
+    def passes(seed):
+        try:
+            return gradcheck(WrongAt2.apply, (x,), max_elements=2, seed=seed)
+        except GradcheckError:
+            return False
+
+    assert 0 < sum(passes(seed) for seed in range(12)) < 12
+
+
+# --- max_pool2d --------------------------------------------------------------------------------------
+
+def test_max_pool_where_the_first_tap_wins_every_window():
+    x = at.tensor(np.array([[[[9.0, 1.0, 8.0, 2.0], [3.0, 4.0, 5.0, 6.0]]]], dtype=np.float32), requires_grad=True)
+    _Probe.seen = []
+    out = F.max_pool2d(_Probe.apply(x), 2, 2)
+    assert out.data.tolist() == [[[[9.0, 8.0]]]]
+    (out * at.tensor(np.array([[[[2.0, 3.0]]]], dtype=np.float32))).sum().backward()
+    assert _Probe.seen == [np.float32]  # the pooling gradient keeps float32
+    assert x.grad.data.tolist() == [[[[2.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]]
+
+
+def test_max_pool_with_256_taps_in_a_window():
+    # 256 taps do not fit the uint8 tap index: the kernel must switch to int32.
+    data = np.zeros((1, 1, 16, 16))
+    data[0, 0, 15, 14] = 1.0  # tap 254
+    data[0, 0, 15, 15] = 2.0  # tap 255, the last: wins
+    x = leaf(data)
+    out = F.max_pool2d(x, 16)
+    assert out.data.tolist() == [[[[2.0]]]]
+    out.sum().backward()
+    expected = np.zeros((1, 1, 16, 16))
+    expected[0, 0, 15, 15] = 1.0
+    np.testing.assert_array_equal(x.grad.data, expected)
+
+
+# --- SGD's argument checks -------------------------------------------------------------------------
+
+def test_sgd_argument_errors_say_what_is_wrong():
+    from autotrain.optim import SGD
+
+    p = leaf(np.ones(2))
+    cases = [
+        (dict(params=[p], lr=-1.0), "Invalid learning rate: -1.0"),
+        (dict(params=[p], lr=0.1, momentum=-0.5), "Invalid momentum value: -0.5"),
+        (dict(params=[p], lr=0.1, weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+        (dict(params=[p], lr=0.1, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+        (dict(params=[], lr=0.1), "optimizer got an empty parameter list"),
+        (dict(params=[p * 2.0], lr=0.1), "optimizer can only optimize leaf Tensors"),
+        (dict(params=[p, p], lr=0.1), "some parameters appear in more than one parameter group"),
+        (dict(params=[{"params": [p]}, {"params": [p]}], lr=0.1), "some parameters appear in more than one parameter group"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as err:
+            SGD(**kwargs)
+        assert str(err.value) == message
+
+
+def test_sgd_group_params_may_be_a_generator():
+    from autotrain.optim import SGD
+
+    ps = [leaf(np.ones(2)), leaf(np.ones(3))]
+    opt = SGD([{"params": (p for p in ps)}], lr=0.5)
+    assert opt.param_groups[0]["params"] == ps and len(opt.state) == 2
+    for p in ps:
+        p.grad = at.tensor(np.ones(p.shape))
+    opt.step()
+    assert ps[0].data.tolist() == [0.5, 0.5] and ps[1].data.tolist() == [0.5, 0.5, 0.5]
