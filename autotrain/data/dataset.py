@@ -250,9 +250,11 @@ def _from_idx(folder: Path, image_size: int, in_channels: int, num_classes: int,
 def _file_facts(listing) -> list[list]:
     """[relative name, label, size, mtime_ns] of each listed file: what the cache key sees."""
     facts = []
+    prefix = os.path.join(str(listing.root), "")  # root + separator (os.path.relpath is slow)
     for path, label in zip(listing.paths, listing.labels):
-        stat = path.stat()
-        facts.append([os.path.relpath(path, listing.root), label, stat.st_size, stat.st_mtime_ns])
+        stat = os.stat(path)
+        name = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, listing.root)
+        facts.append([name, label, stat.st_size, stat.st_mtime_ns])
     return facts
 
 

@@ -46,7 +46,7 @@ class UndecodableImage(Exception):
     """A file that Pillow cannot turn into pixels; the message says why (one line)."""
 
 
-def decode_u8(path: Path, image_size: int, in_channels: int) -> np.ndarray:
+def decode_u8(path: str | Path, image_size: int, in_channels: int) -> np.ndarray:
     """Decode one file into uint8 (in_channels, image_size, image_size), the stored form.
 
     Raises UndecodableImage for anything Pillow cannot read: an empty file, a file that is
@@ -67,7 +67,7 @@ def _decode(path: Path, image_size: int, in_channels: int) -> np.ndarray:
     return deep[0].astype(np.float32) / np.float32(255.0)
 
 
-def _decode_sixteen_bit(path: Path, image_size: int,
+def _decode_sixteen_bit(path: str | Path, image_size: int,
                         in_channels: int) -> np.ndarray | tuple[np.ndarray]:
     """A 16-bit grey image as float32 planes in 0..1; any other as a 1-tuple of uint8 planes.
 
@@ -132,9 +132,11 @@ def list_classes(root: Path) -> list[str]:
 
 @dataclass
 class ClassFiles:
-    """The image files found for one class folder, and how many other files were ignored."""
+    """The image files found for one class folder (path strings: a 40,000-file folder is
+    listed at every start, and Path objects cost more than the listing), and how many other
+    files were ignored."""
 
-    files: list[Path] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
     ignored: int = 0
 
 
@@ -158,7 +160,7 @@ def list_class_files(class_dir: Path) -> ClassFiles:
             if _is_hidden(name):
                 continue
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.files.append(Path(current) / name)
+                found.files.append(os.path.join(current, name))
             else:
                 found.ignored += 1
     return found
@@ -171,7 +173,7 @@ class FolderListing:
 
     root: Path
     classes: list[str]
-    paths: list[Path]
+    paths: list[str]
     labels: list[int]
     ignored: int
 
@@ -181,7 +183,7 @@ def list_folder(root: Path, selected: list[str]) -> FolderListing:
 
     A selected class folder with no image files is a DatasetError naming that folder.
     """
-    paths: list[Path] = []
+    paths: list[str] = []
     labels: list[int] = []
     ignored = 0
     for label, name in enumerate(selected):
@@ -196,7 +198,7 @@ def list_folder(root: Path, selected: list[str]) -> FolderListing:
     return FolderListing(root, list(selected), paths, labels, ignored)
 
 
-def _decode_chunk(paths: list[Path], image_size: int,
+def _decode_chunk(paths: list[str], image_size: int,
                   in_channels: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode ``paths`` into uint8 (k, C, S, S) for those that decode, plus (position,
     reason) for those that do not. Runs in a worker process or thread."""
