@@ -661,3 +661,31 @@ def test_sgd_group_params_may_be_a_generator():
         p.grad = at.tensor(np.ones(p.shape))
     opt.step()
     assert ps[0].data.tolist() == [0.5, 0.5] and ps[1].data.tolist() == [0.5, 0.5, 0.5]
+
+
+# --- Indexing, flatten, dtype arguments --------------------------------------------------------
+
+def test_tensor_factory_honours_dtype_for_lists():
+    assert at.tensor([1.0, 2.0], dtype=np.float64).dtype == np.float64
+    assert at.tensor([1, 2], dtype=np.float32).dtype == np.float32
+
+
+def test_indexing_gradient_keeps_float32():
+    _Probe.seen = []
+    x = at.tensor(np.array([1.0, 2.0, 3.0], dtype=np.float32), requires_grad=True)
+    _Probe.apply(x)[1:].sum().backward()
+    assert _Probe.seen == [np.float32]
+    assert x.grad.data.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_tensor_indices_inside_a_tuple():
+    x = leaf(np.arange(12.0).reshape(3, 4))
+    y = x[at.tensor(np.array([2, 2, 0])), 1:3]
+    np.testing.assert_array_equal(y.data, [[9.0, 10.0], [9.0, 10.0], [1.0, 2.0]])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [[0, 1, 1, 0], [0, 0, 0, 0], [0, 2, 2, 0]])
+
+
+def test_flatten_defaults_to_all_dims():
+    t = at.tensor(np.arange(24.0).reshape(2, 3, 4))
+    assert t.flatten().shape == (24,) and t.flatten(1).shape == (2, 12)
