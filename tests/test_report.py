@@ -234,7 +234,7 @@ def test_interrupted_run_is_reported_from_its_last_checkpoint_into_out_only(run,
     assert r.exit_code == 0, r.output
     assert "last.safetensors" in r.stdout
     page = (out / "index.html").read_text()
-    assert "after epoch 1 (global step" in page and "no (interrupted or still running)" in page
+    assert "after epoch 1 (global step" in page and f"{stopped / 'last.safetensors'}" in page
     assert snapshot(stopped) == before
     assert sorted(p.name for p in (tmp_path / "elsewhere").rglob("*")) == sorted(["rep", *PNGS, "index.html"])
 

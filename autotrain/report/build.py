@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +60,19 @@ def _position(meta: dict) -> str:
     return f"after epoch {pos.get('epoch')} (global step {meta.get('step')})"
 
 
+def _run_status(done: int, epochs: int) -> str:
+    # From metrics.csv, not the checkpoint: best.safetensors was written before the run ended.
+    if done >= epochs:
+        return f"finished ({done} of {epochs} epochs)"
+    return f"stopped after {done} of {epochs} epochs (interrupted, or still running)"
+
+
 def _machine(matplotlib_version: str) -> list[tuple[str, str]]:
     import numpy
 
     return [("autotrain", __version__), ("python", platform.python_version()), ("numpy", numpy.__version__),
             ("matplotlib", matplotlib_version), ("platform", platform.platform()),
-            ("processor", platform.machine() + (f", {os.cpu_count()} logical CPUs" if os.cpu_count() else "")),
-            ("command", "autotrain report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "report")]
+            ("processor", platform.machine() + (f", {os.cpu_count()} logical CPUs" if os.cpu_count() else ""))]
 
 
 def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> ReportResult:
@@ -122,8 +127,9 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
              ("training time", f"{sum(r.get('seconds') or 0.0 for r in run.history):.1f} s"),
              ("classes", str(len(names)))]
     checkpoint_rows = [("file", str(run.checkpoint)), ("position", _position(meta)),
-                       ("finished", "yes" if meta.get("finished") else "no (interrupted or still running)"),
-                       ("best val_acc recorded", str(meta.get("best_val_acc"))),
+                       ("run", _run_status(len(run.history), trained.config.train.epochs)),
+                       ("best val_acc recorded", "-" if meta.get("best_val_acc") is None
+                        else f"{meta['best_val_acc']:.4f}"),
                        ("written by", f"autotrain {meta.get('version')}"),
                        ("content sha256", trained.checkpoint.sha256),
                        ("parameters", f"{sum(int(p.data.size) for p in trained.model.parameters()):,}"),

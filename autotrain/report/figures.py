@@ -77,7 +77,8 @@ def _label_size(n: int) -> float:
 def confusion_figure(counts: np.ndarray, names: list[str]) -> Figure:
     """Counts and row-normalised (recall per true class) confusion matrices side by side,
     true class on rows, prediction on columns, class names on both axes. Cell values are
-    written while they fit (up to 30 classes; from 13 on only non-zero cells)."""
+    written while they fit (up to 30 classes); zero shares are left blank, and from 13
+    classes on zero counts too, so that the confusions stand out."""
     n = len(names)
     side = _matrix_side(n)
     fig = Figure(figsize=(2 * side + 2.0, side + 1.0), layout="constrained")
@@ -101,7 +102,7 @@ def confusion_figure(counts: np.ndarray, names: list[str]) -> Figure:
             for i in range(n):
                 for j in range(n):
                     v = values[i, j]
-                    if n > 12 and v == 0:
+                    if v == 0 and (n > 12 or fmt != "{:d}"):
                         continue
                     text = fmt.format(int(v)) if fmt == "{:d}" else fmt.format(v)
                     ax.text(j, i, text, ha="center", va="center", fontsize=cell_size,
