@@ -19,6 +19,8 @@ Two roles:
   - ``{"kill9_in_write": {"match": GLOB, "after": N, "nth": K}}``: the same choice of file and
     moment, but the process sends itself SIGKILL there, after N bytes of that file reached
     the disk: a ``kill -9`` inside a chosen write window, deterministically;
+  - ``{"nan_at_step": K}``: the K-th training step's batch is NaN (a NaN loss there);
+  - ``{"rank": R, ...}``: the other faults apply in MPI rank R only;
   - ``{"log_writes": PATH}``: after each ``os.replace`` the destination and the sha256 of its
     new content are appended to PATH (to prove a file was, or was not, rewritten).
 """
@@ -461,7 +463,32 @@ def _install_log_writes(log: str) -> None:
     os.replace = replace
 
 
+def _install_nan_at_step(step: int) -> None:
+    """The batch of training step ``step`` (1-based, this process) becomes NaN: its loss is NaN."""
+    import numpy as np
+
+    from autotrain.train import run
+
+    real = run.train_step
+    calls = [0]
+
+    def train_step(model, optimizer, x, y, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            x = np.full_like(x, np.nan)
+        return real(model, optimizer, x, y, *args, **kwargs)
+
+    run.train_step = train_step
+
+
 def install_faults(spec: dict) -> None:
+    """Install the faults of ``spec``; ``{"rank": R, ...}`` installs them only in MPI rank R
+    (PMI_RANK or OMPI_COMM_WORLD_RANK), so one rank of a data-parallel job can fail alone."""
+    spec = dict(spec)
+    if "rank" in spec:
+        rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+        if rank != spec.pop("rank"):
+            return
     for key, value in spec.items():
         if key == "signal_at_step":
             _install_signal_at_step(*value)
@@ -469,6 +496,8 @@ def install_faults(spec: dict) -> None:
             _install_signal_in_eval(value)
         elif key == "enospc":
             _install_enospc(value["match"], value["after"], value.get("nth", 1), value.get("errno", "ENOSPC"))
+        elif key == "nan_at_step":
+            _install_nan_at_step(value)
         elif key == "kill9_in_write":
             _install_enospc(value["match"], value["after"], value.get("nth", 1), None)
         elif key == "log_writes":

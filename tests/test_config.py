@@ -450,7 +450,7 @@ def test_round_trip_through_yaml_text(name):
 def test_effective_config_order_and_content(tmp_path):
     c = load_config(write(tmp_path, MINIMAL))
     d = config_to_dict(c)
-    assert list(d) == ["seed", "model", "data", "optimizer", "schedule", "train", "output", "finetune"]
+    assert list(d) == ["seed", "model", "data", "optimizer", "schedule", "train", "output", "finetune", "distributed"]
     assert list(d["model"]) == ["arch", "num_classes", "in_channels", "width", "stem", "weights"]
     assert d["finetune"]["freeze"] == []
 

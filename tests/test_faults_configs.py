@@ -35,7 +35,7 @@ CASES: dict[str, tuple[str, str]] = {
     "unknown_key": (tiny_with("  width: 4 ", "  colour: red\n  width: 4 "),
                     "config.yaml: model.colour: unknown key (valid keys: arch, num_classes, in_channels, width, stem, weights) (line 10)"),
     "unknown_section": (TINY_TEXT + "extras:\n  a: 1\n",
-                        "config.yaml: extras: unknown key (valid keys: seed, model, data, optimizer, schedule, train, output, finetune) (line 34)"),
+                        "config.yaml: extras: unknown key (valid keys: seed, model, data, optimizer, schedule, train, output, finetune, distributed) (line 34)"),
     "duplicate_key": (tiny_with("  momentum: 0.9\n", "  momentum: 0.9\n  momentum: 0.8\n"),
                       "config.yaml: optimizer.momentum: duplicate key 'momentum' (lines 21 and 22)"),
     "lr_abc": (tiny_with("lr: 0.05", "lr: abc"), "config.yaml: optimizer.lr: 'abc' — expected a number (line 20)"),

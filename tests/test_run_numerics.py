@@ -16,9 +16,9 @@ def test_inf_running_var_stops_before_any_checkpoint(tmp_path, monkeypatch):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output.dir={tmp_path / 'run'}", "train.epochs=1"])
     real_evaluate = run_module.evaluate
 
-    def corrupting_evaluate(model, loader):
+    def corrupting_evaluate(model, loader, **kwargs):
         model.layer1[0].bn1.running_var.data[0] = np.inf
-        return real_evaluate(model, loader)
+        return real_evaluate(model, loader, **kwargs)
 
     monkeypatch.setattr(run_module, "evaluate", corrupting_evaluate)
     with pytest.raises(NumericalError, match="layer1.0.bn1.running_var"):

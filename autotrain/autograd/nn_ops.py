@@ -243,21 +243,38 @@ class BatchNorm(Function):
     The ReLU is fused because its input is this kernel's own fresh array: it is clipped in
     place (no second activation-sized array), and in backward the masked gradient is a new
     array this kernel owns, so the rest of the chain rule runs in place on it.
+
+    ``reduce`` (synchronised BatchNorm, data parallel): a function that sums a float64 vector
+    over every process holding a shard of the batch. Training then normalises with the
+    statistics of the whole batch (count, sum, then centred sum of squares: the same two
+    passes as one process), and backward sums its two per-channel reductions the same way,
+    so N processes compute what one computes on the global batch. The weight and bias
+    gradients stay this shard's share; the caller sums them with the other gradients.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None,
-                training=True, momentum=0.1, eps=1e-5, relu=False):
+                training=True, momentum=0.1, eps=1e-5, relu=False, reduce=None):
         shape4 = x.ndim == 4
         c = x.shape[1]
         x2 = _nhwc(x).reshape(-1, c) if shape4 else x
+        ctx.reduce = reduce if training else None
         if training:
-            if x2.shape[0] == 1:  # as torch: the batch variance of one value is meaningless
-                raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
             m = x2.shape[0]
-            mean = _column_sum(x2) / m
+            if reduce is None:
+                total = _column_sum(x2)
+            else:
+                counted = reduce(np.concatenate([[m], _column_sum(x2)]).astype(np.float64))
+                m, total = int(counted[0]), counted[1:].astype(x2.dtype)
+            if m == 1:  # as torch: the batch variance of one value is meaningless
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+            mean = total / m
             xc = x2 - mean
-            var = np.einsum("mc,mc->c", xc, xc) / m  # no (M, C) temporary
+            squares = np.einsum("mc,mc->c", xc, xc)  # no (M, C) temporary
+            if reduce is not None:
+                squares = reduce(squares.astype(np.float64)).astype(x2.dtype)
+            var = squares / m
+            ctx.count = m
             invstd = 1.0 / np.sqrt(var + eps)
             if running_mean is not None:
                 running_mean *= 1 - momentum
@@ -310,9 +327,12 @@ class BatchNorm(Function):
             if ctx.training:
                 # dx = scale * (g - gb/m - xhat * gw/m), with xhat = xc * invstd: per-channel
                 # vectors times the two (M, C) arrays, then two in-place subtractions.
-                m = g2.shape[0]
-                gx -= xc * (scale * invstd * gw / m)
-                gx -= scale * gb / m
+                m, sum_g, sum_gxhat = ctx.count, gb, gw
+                if ctx.reduce is not None:  # the whole batch's sums (this shard's stay gw, gb)
+                    both = ctx.reduce(np.concatenate([gb, gw]).astype(np.float64)).astype(gb.dtype)
+                    sum_g, sum_gxhat = both[:c], both[c:]
+                gx -= xc * (scale * invstd * sum_gxhat / m)
+                gx -= scale * sum_g / m
             if len(shape) == 4:
                 n, _, h, w = shape
                 gx = _nchw(gx.reshape(n, h, w, c))

@@ -7,6 +7,7 @@ carry their exit code (see README, "Exit codes") and are shown as one line per p
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a c
 ResumeOpt = Annotated[Optional[str], typer.Option("--resume", help="Continue from a checkpoint: a path, or 'auto' for the newest valid one in output.dir.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over in an output.dir that already holds a run.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; only the summary line.")]
+NprocOpt = Annotated[int, typer.Option("--nproc", min=1, help="Train as N data-parallel MPI processes (starts mpiexec -n N; needs autotrain[mpi]).")]
 ReportOpt = Annotated[bool, typer.Option("--report", help="Write RUN_DIR/report/ (figures, index.html) when the run ends (output.report).")]
 
 
@@ -93,11 +95,42 @@ def _load(config: Path, overrides: list[str] | None):
     return load_config(_config_path(config), overrides or [])
 
 
-def _train(config_path: Path, overrides: list[str] | None, resume: str | None, overwrite: bool, quiet: bool) -> None:
+def _relaunch_under_mpiexec(nproc: int) -> None:
+    """--nproc N: run this very command as N MPI ranks (as torchrun does for torch users);
+    mpiexec replaces this process, so signals and the exit code are the job's."""
+    from .. import distributed
+
+    with _errors():
+        if distributed.launched_size() > 1:
+            raise ConfigError(f"--nproc {nproc}: already running under mpiexec "
+                              f"({distributed.launched_size()} processes); leave --nproc out")
+        args, skip = [], False
+        for a in sys.argv[1:]:
+            if skip or a.startswith("--nproc="):
+                skip = False
+                continue
+            if a == "--nproc":
+                skip = True
+                continue
+            args.append(a)
+        argv = distributed.mpiexec_argv(nproc, args)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+def _train(config_path: Path, overrides: list[str] | None, resume: str | None, overwrite: bool, quiet: bool,
+           nproc: int = 1) -> None:
     import numpy as np
 
+    from .. import distributed
     from ..train.run import Trainer
 
+    if nproc > 1:
+        _relaunch_under_mpiexec(nproc)
+    with _errors():
+        comm = distributed.init()
+    if not comm.is_writer:
+        render.silence()  # rank 0 alone prints: progress, the summary and any error line
     with _errors():
         cfg = _load(config_path, overrides)
         if cfg.output.report:  # a missing extra is said now, not after a long run
@@ -107,7 +140,7 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
         reporter = render.RichReporter(quiet=quiet)
         with _stop_signals() as should_stop:
             trainer = Trainer(cfg, resume=resume, overwrite=overwrite, reporter=reporter,
-                              should_stop=should_stop, config_dir=_config_path(config_path).parent)
+                              should_stop=should_stop, config_dir=_config_path(config_path).parent, comm=comm)
             start = time.perf_counter()
             try:
                 # The run checks loss and weights itself and stops with one line naming the
@@ -121,16 +154,16 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
         best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.4f}"
         render.console.print(f"{result.status}: {result.run_dir} (best val_acc {best}, "
                              f"{time.perf_counter() - start:.1f} s)", markup=False)
-    if cfg.output.report:
+    if cfg.output.report and comm.is_writer:
         _report(result.run_dir, None)
 
 
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="YAML config file.")],
           set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
-          report: ReportOpt = False):
+          report: ReportOpt = False, nproc: NprocOpt = 1):
     """Train from a config, writing checkpoints and metrics.csv to output.dir."""
-    _train(config, list(set_ or []) + (["output.report=true"] if report else []), resume, overwrite, quiet)
+    _train(config, list(set_ or []) + (["output.report=true"] if report else []), resume, overwrite, quiet, nproc)
 
 
 @app.command()
@@ -139,7 +172,7 @@ def finetune(config: Annotated[Optional[Path], typer.Argument(help="YAML config 
              weights: Annotated[Optional[str], typer.Option("--weights", help="Pretrained weights (.safetensors, .pth, .npz, checkpoint).")] = None,
              num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the new head.")] = None,
              set_: SetOpt = None, resume: ResumeOpt = None, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
-             report: ReportOpt = False):
+             report: ReportOpt = False, nproc: NprocOpt = 1):
     """Finetune pretrained weights: load, replace the head, freeze, train what is left."""
     from ..config import default_config_path
 
@@ -154,7 +187,7 @@ def finetune(config: Annotated[Optional[Path], typer.Argument(help="YAML config 
         overrides.append(f"model.num_classes={num_classes}")
     if report:
         overrides.append("output.report=true")
-    _train(path, overrides, resume, overwrite, quiet)
+    _train(path, overrides, resume, overwrite, quiet, nproc)
 
 
 def _report(run_dir: Path, out: Path | None) -> None:

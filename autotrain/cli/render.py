@@ -66,6 +66,12 @@ console = Console(file=StdoutUntilClosed(), soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def silence() -> None:
+    """Print nothing from now on (the ranks of a data-parallel job other than rank 0)."""
+    console.quiet = True
+    err_console.quiet = True
+
+
 def _fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"

@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "CrossField",
     "DataConfig",
+    "DistributedConfig",
     "FinetuneConfig",
     "ModelConfig",
     "OptimizerConfig",
@@ -207,6 +208,14 @@ class FinetuneConfig(_Section):
         return self
 
 
+class DistributedConfig(_Section):
+    """Data parallelism (``mpiexec -n N autotrain train``, or ``--nproc N``); one process
+    ignores it."""
+
+    sync_bn: bool = Field(False, description="BatchNorm statistics of the global batch "
+                                             "(false: each rank's own shard, as torch DDP)")
+
+
 class Config(_Section):
     """The whole run. Only ``model.num_classes`` has no default."""
 
@@ -218,6 +227,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="before")
     @classmethod

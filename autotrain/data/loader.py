@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -199,18 +199,25 @@ class BatchLoader:
         # The batch is a copy (fancy indexing; the dataset is never modified): normalise in place.
         return normalize_own(images, self.mean, self.std), self.y[indices].astype(np.int64, copy=False)
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield the batches of ``epoch``, starting at batch ``start_batch`` (for resume)."""
+    def epoch(self, epoch: int, start_batch: int = 0,
+              part_of: Callable[[int], slice] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield the batches of ``epoch``, starting at batch ``start_batch`` (for resume).
+        ``part_of`` (data parallel): given a global batch's size, the rows of it to yield."""
         batches = range(start_batch, len(self))
+
+        def load(batch_index: int):
+            part = None if part_of is None else part_of(len(self.batch_indices(epoch, batch_index)))
+            return self.batch(epoch, batch_index, part)
+
         if not self.prefetch or len(batches) < 2:
             for batch_index in batches:
-                yield self.batch(epoch, batch_index)
+                yield load(batch_index)
             return
         self.order(epoch)  # computed once here, not raced for by the worker thread
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autotrain-prefetch") as worker:
-            upcoming = worker.submit(self.batch, epoch, batches[0])
+            upcoming = worker.submit(load, batches[0])
             for batch_index in batches[1:]:
                 current = upcoming.result()
-                upcoming = worker.submit(self.batch, epoch, batch_index)
+                upcoming = worker.submit(load, batch_index)
                 yield current
             yield upcoming.result()

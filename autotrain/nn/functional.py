@@ -57,23 +57,25 @@ def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
 
 def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, reduce=None) -> Tensor:
     """Batch normalisation over all axes but 1 (see nn_ops.BatchNorm for the convention).
 
-    In training mode the running statistics, when given, are updated in place.
+    In training mode the running statistics, when given, are updated in place. ``reduce``
+    (a function summing a float64 vector over the processes of a data-parallel job) makes
+    the batch statistics those of the global batch (synchronised BatchNorm).
     """
-    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=False)
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, False, reduce)
 
 
 def batch_norm_relu(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                     weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
-                    momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+                    momentum: float = 0.1, eps: float = 1e-5, reduce=None) -> Tensor:
     """``relu(batch_norm(...))`` in one kernel: the same values and gradients, one
     activation-sized array fewer in forward and in backward."""
-    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu=True)
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, True, reduce)
 
 
-def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu) -> Tensor:
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu, reduce=None) -> Tensor:
     c = x.shape[1]
     if weight is None:
         weight = Tensor(np.ones(c, dtype=x.dtype))
@@ -85,7 +87,7 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
         x, weight, bias,
         running_mean=None if running_mean is None else running_mean.data,
         running_var=None if running_var is None else running_var.data,
-        training=training, momentum=momentum, eps=eps, relu=relu)
+        training=training, momentum=momentum, eps=eps, relu=relu, reduce=reduce)
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -59,7 +59,11 @@ class BatchNorm2d(Module):
     """Batch statistics in train(), running statistics in eval(); eps 1e-5, momentum 0.1.
 
     ``momentum=None`` gives a cumulative moving average (factor 1/num_batches_tracked), as in torch.
+    ``stats_reduce`` (None, or a function summing a float64 vector over the processes of a
+    data-parallel job) synchronises the training statistics, as torch's SyncBatchNorm.
     """
+
+    stats_reduce = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, dtype=np.float32):
@@ -93,14 +97,15 @@ class BatchNorm2d(Module):
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise RuntimeError(f"BatchNorm2d({self.num_features}): expected input (N, {self.num_features}, H, W), got {x.shape}")
         if not self.track_running_stats:
-            return kernel(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            return kernel(x, None, None, self.weight, self.bias, True, 0.0, self.eps, reduce=self.stats_reduce)
         if not self.training:
             return kernel(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         self.num_batches_tracked.data += 1  # in place: stays a 0-d int64 array
         momentum = self.momentum
         if momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked.data)
-        return kernel(x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps)
+        return kernel(x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps,
+                      reduce=self.stats_reduce)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

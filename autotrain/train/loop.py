@@ -13,7 +13,10 @@ import numpy as np
 from .. import nn
 from ..autograd.function import no_grad
 from ..autograd.tensor import Tensor
+from ..distributed import Communicator
 from ..errors import NumericalError
+
+SINGLE_PROCESS = Communicator()
 
 F = nn.functional
 
@@ -96,8 +99,9 @@ class EpochSums:
     seen: int = 0
     seconds: float = 0.0
 
-    def add(self, loss: float, correct: int, count: int) -> None:
-        self.loss += loss * count
+    def add(self, loss_sum: float, correct: int, count: int) -> None:
+        """One step's (global) loss sum, correct predictions and samples."""
+        self.loss += loss_sum
         self.correct += correct
         self.seen += count
 
@@ -122,27 +126,46 @@ class EvalResult:
     probabilities: np.ndarray | None = field(default=None, repr=False)  # (N, classes) softmax, if asked
 
 
-def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where: str) -> tuple[float, int]:
-    """forward, cross-entropy, backward, SGD step. Returns (loss, correct predictions).
+def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where: str,
+               comm: Communicator = SINGLE_PROCESS) -> tuple[float, int, int]:
+    """forward, cross-entropy, backward, SGD step on this rank's shard ``x, y`` of a global
+    batch. Returns the global batch's (loss sum, correct predictions, samples).
 
-    A non-finite loss stops before backward and the update, so no non-finite weight is
-    ever produced from it: NumericalError naming ``where`` (epoch and step).
+    A non-finite loss on any rank stops every rank before backward and the update, so no
+    non-finite weight is ever produced from it: NumericalError naming ``where``. With several
+    ranks, each loss is weighted by its share of the batch and the gradients are summed
+    (``comm``), so the update is the one of the whole batch's mean loss.
     """
-    logits = model(Tensor(x))
-    loss = F.cross_entropy(logits, y)
-    value = float(loss.data)
-    if not math.isfinite(value):
-        raise NumericalError(f"loss is {value} at {where}; stopped before the update (try a lower optimizer.lr)")
+    loss, value, correct = None, 0.0, 0
+    if len(y):  # a rank whose shard of a short last batch is empty only adds zeros
+        logits = model(Tensor(x))
+        loss = F.cross_entropy(logits, y)
+        value = float(loss.data)
+        correct = int((logits.data.argmax(axis=1) == y).sum())
+    loss_sum, correct, count, bad = comm.sum([value * len(y), correct, len(y), 0.0 if math.isfinite(value) else 1.0])
+    if bad:
+        raise NumericalError(f"loss is {loss_sum / count} at {where}; stopped before the update "
+                             "(try a lower optimizer.lr)")
     optimizer.zero_grad()
-    loss.backward()
+    if loss is not None:
+        weight = comm.loss_weight(len(y), int(count))
+        (loss if weight == 1.0 else loss * weight).backward()
+    if comm.size > 1:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for p in params:  # the same buffer layout on every rank, an empty shard included
+            if p.grad is None:
+                p.grad = Tensor(np.zeros_like(p.data))
+        comm.combine_gradients([p.grad.data for p in params])
     optimizer.step()
-    correct = int((logits.data.argmax(axis=1) == y).sum())
-    return value, correct
+    return float(loss_sum), int(correct), int(count)
 
 
-def evaluate(model: nn.Module, loader, probabilities: bool = False) -> EvalResult:
+def evaluate(model: nn.Module, loader, probabilities: bool = False,
+             comm: Communicator = SINGLE_PROCESS) -> EvalResult:
     """Mean loss and accuracy over a loader, under no_grad with the model in eval mode;
     with ``probabilities`` also each sample's softmax (for reports; training skips it).
+    With several ranks each computes its shard of every batch and loss and accuracy are
+    those of the whole split (predictions and labels stay this rank's).
 
     The model's previous train/eval flags are restored afterwards.
     """
@@ -151,7 +174,7 @@ def evaluate(model: nn.Module, loader, probabilities: bool = False) -> EvalResul
     total, preds, labels, probs = 0.0, [], [], []
     try:
         with no_grad():
-            for x, y in loader.epoch(0):
+            for x, y in loader.epoch(0, part_of=None if comm.size == 1 else comm.shard):
                 logits = model(Tensor(x))
                 total += float(F.cross_entropy(logits, y, reduction="sum").data)
                 preds.append(logits.data.argmax(axis=1))
@@ -161,10 +184,16 @@ def evaluate(model: nn.Module, loader, probabilities: bool = False) -> EvalResul
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
-    if not labels:
-        return EvalResult(float("nan"), float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    p, y = np.concatenate(preds), np.concatenate(labels)
-    return EvalResult(total / len(y), float((p == y).mean()), p, y, np.concatenate(probs) if probs else None)
+    p = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    if comm.size == 1:  # one process: today's arithmetic, bit for bit
+        if not len(y):
+            return EvalResult(float("nan"), float("nan"), p, y)
+        return EvalResult(total / len(y), float((p == y).mean()), p, y, np.concatenate(probs) if probs else None)
+    total, correct, count = comm.sum([total, int((p == y).sum()), len(y)])
+    if not count:
+        return EvalResult(float("nan"), float("nan"), p, y)
+    return EvalResult(total / count, float(correct / count), p, y, np.concatenate(probs) if probs else None)
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -28,6 +28,8 @@ from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_sta
                              epoch_checkpoint_name, latest_valid_checkpoint, load_checkpoint,
                              rotate_checkpoints, saved_step)
 from ..optim import SGD, scheduled_lr
+from ..distributed import Communicator
+from ..nn import BatchNorm2d
 from .loop import EpochSums, Reporter, Reporters, evaluate, train_step
 from .setup import build_model, checkpoint_config, load_model_state, set_train_mode, unfreeze_all
 
@@ -177,19 +179,56 @@ def _with_loggers(cfg: Config, reporter: Reporter) -> Reporter:
     return Reporters(reporter, TensorBoardLogger(Path(cfg.output.dir) / "tb"))
 
 
+class RunFolder:
+    """Every file a run writes goes through here. Under data parallelism only rank 0 writes
+    (``writes=False`` elsewhere: each method then does nothing); reading is anyone's."""
+
+    def __init__(self, out: Path, writes: bool = True):
+        self.out, self.writes = out, writes
+
+    def prepare(self, clear: bool) -> None:
+        """Create the folder; ``clear`` (--overwrite): remove a previous run's files; remove
+        stale temp files of killed writers."""
+        if self.writes:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if clear:
+                _clear_run(self.out)
+            clean_stale_temp_files(self.out)
+
+    def write(self, name: str, data: bytes) -> None:
+        if self.writes:
+            atomic_write_bytes(self.out / name, data)
+
+    def rotate(self, keep_last: int) -> None:
+        if self.writes:
+            rotate_checkpoints(self.out, keep_last)
+
+    def clean(self) -> None:
+        if self.writes:
+            clean_stale_temp_files(self.out)
+
+
 class Trainer:
-    """One run of a config; ``run()`` trains from scratch or from a checkpoint to the end."""
+    """One run of a config; ``run()`` trains from scratch or from a checkpoint to the end.
+
+    ``comm`` (autotrain.distributed) is the data-parallel communicator: each rank trains its
+    shard of every global batch; rank 0 alone reports and writes. The default is one process.
+    """
 
     def __init__(self, cfg: Config, *, resume: str | None = None, overwrite: bool = False,
                  reporter: Reporter | None = None, should_stop: Callable[[], int | None] = lambda: None,
-                 config_dir: Path | None = None):
+                 config_dir: Path | None = None, comm: Communicator | None = None):
         self.cfg = cfg
         self.resume = resume
         self.overwrite = overwrite
-        self.reporter = _with_loggers(cfg, reporter or Reporter())
+        self.comm = comm or Communicator()
+        # Who writes and who reports is decided here, once: rank 0 (or the only process).
+        writer = self.comm.is_writer
+        self.reporter = _with_loggers(cfg, reporter or Reporter()) if writer else Reporter()
         self.should_stop = should_stop
         self.config_dir = config_dir
         self.out = Path(cfg.output.dir)
+        self.folder = RunFolder(self.out, writes=writer)
 
     # -- set-up, all before the first write ---------------------------------------------------
     def _resume_checkpoint(self):
@@ -239,6 +278,25 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         if resumed is not None:
             _load_optimizer(self.optimizer, resumed[1].optimizer_state, self._trainable_names(), resumed[0])
+        if self.comm.size > 1:
+            # Every rank starts from rank 0's arrays (as DDP), whatever each built or loaded.
+            self.comm.broadcast([t.data for t in setup.model.parameters()] + self._buffers()
+                                + [b for s in self.optimizer.state for b in s.values()])
+        self._bn_synced = False
+
+    def _sync_batchnorm(self, global_batch: int) -> None:
+        """distributed.sync_bn: the BatchNorm layers reduce their statistics over the ranks,
+        for every batch that is sharded (a short batch that rank 0 computes whole needs none,
+        and the other ranks would not join the reductions)."""
+        on = self.cfg.distributed.sync_bn and self.comm.splits(global_batch)
+        if on != self._bn_synced:
+            for m in self.setup.model.modules():
+                if isinstance(m, BatchNorm2d):
+                    m.stats_reduce = self.comm.sum if on else None
+            self._bn_synced = on
+
+    def _buffers(self) -> list[np.ndarray]:
+        return [b.data for b in self.setup.model.buffers()]
 
     @property
     def best(self) -> float | None:
@@ -303,7 +361,7 @@ class Trainer:
         data, _ = encode_checkpoint(model, optim, self._metadata(finished))
         for name in names:
             path = self.out / name
-            atomic_write_bytes(path, data)
+            self.folder.write(name, data)
             self.reporter.on_checkpoint(str(path))
         return path
 
@@ -330,11 +388,13 @@ class Trainer:
             data = path.read_bytes()
             for name in stale:
                 if name != path.name:
-                    atomic_write_bytes(self.out / name, data)
-        rotate_checkpoints(self.out, self.cfg.output.keep_last)
+                    self.folder.write(name, data)
+        self.folder.rotate(self.cfg.output.keep_last)
 
     def _interrupt(self, signum: int) -> None:
+        self.comm.broadcast(self._buffers())  # the running statistics saved are rank 0's
         path = self._save([LAST_NAME])
+        self.comm.barrier()  # no rank exits (and ends the job) before rank 0's checkpoint is whole
         raise Interrupted(signum, str(path))
 
     # -- the loop -----------------------------------------------------------------------------
@@ -365,17 +425,21 @@ class Trainer:
         set_train_mode(self.setup)
         self.reporter.on_epoch_start(epoch, self.cfg.train.epochs, len(loader), start_batch)
         t0 = time.perf_counter()
-        for b, (x, y) in enumerate(loader.epoch(epoch, start_batch), start=start_batch):
+        shards = None if self.comm.size == 1 else self.comm.shard
+        for b, (x, y) in enumerate(loader.epoch(epoch, start_batch, part_of=shards), start=start_batch):
             lr = self._lr(pos["step"])
             for g in self.optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
-            loss, correct = train_step(self.setup.model, self.optimizer, x, y,
-                                       f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})")
-            self.sums.add(loss, correct, len(y))
+            self._sync_batchnorm(len(loader.batch_indices(epoch, b)))
+            loss_sum, correct, count = train_step(self.setup.model, self.optimizer, x, y,
+                                                  f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})",
+                                                  self.comm)
+            self.sums.add(loss_sum, correct, count)
+            loss = loss_sum / count
             pos.update(epoch=epoch, batch=b + 1, step=pos["step"] + 1)
             self.reporter.on_step(pos["step"], loss, lr)
             self.reporter.on_batch_end(epoch, b, self.sums.mean_loss, self.sums.accuracy, lr)
-            signum = self.should_stop()
+            signum = self.comm.agree_to_stop(self.should_stop())
             if signum:
                 self.sums.seconds += time.perf_counter() - t0
                 self._interrupt(signum)
@@ -384,7 +448,8 @@ class Trainer:
         last = epoch + 1 == self.cfg.train.epochs
         val = None
         if self.val_loader is not None and ((epoch + 1) % self.cfg.train.eval_every == 0 or last):
-            val = evaluate(self.setup.model, self.val_loader)
+            self.comm.broadcast(self._buffers())  # evaluate with rank 0's running statistics
+            val = evaluate(self.setup.model, self.val_loader, comm=self.comm)
             if not np.isfinite(val.loss):  # finite train loss, but the update made the weights overflow
                 raise NumericalError(f"validation loss is {val.loss} after epoch {epoch + 1} (global step "
                                      f"{pos['step']}); stopped before writing its checkpoints (try a lower optimizer.lr)")
@@ -402,12 +467,13 @@ class Trainer:
 
     def _end_epoch(self, row: dict) -> None:
         cfg, pos = self.cfg, self.position
+        self.comm.broadcast(self._buffers())  # the running statistics saved are rank 0's
         state = self._checked_state()  # a non-finite epoch leaves no trace: not even its metrics row
         self.history.append(row)
         pos.update(epoch=row["epoch"], batch=0)
         self.sums = EpochSums()
         finished = row["epoch"] == cfg.train.epochs
-        atomic_write_bytes(self.out / "metrics.csv", _metrics_csv(self.history))
+        self.folder.write("metrics.csv", _metrics_csv(self.history))
         # epoch-N, last and best of one epoch hold the same bytes: encoded once, written in
         # this order (resume's repair of a cut-short epoch end relies on it).
         names = [epoch_checkpoint_name(row["epoch"])] if cfg.output.keep_last > 0 else []
@@ -415,7 +481,7 @@ class Trainer:
         if _epoch_wrote_best(self.history, finished):
             names.append(BEST_NAME)
         self._save(names, finished, state)
-        rotate_checkpoints(self.out, cfg.output.keep_last)
+        self.folder.rotate(cfg.output.keep_last)
         self.last_path = self.out / LAST_NAME
         self.reporter.on_epoch_end(row)
 
@@ -432,26 +498,25 @@ class Trainer:
         if resumed is not None and resumed[1].metadata.get("finished"):
             done = resumed[1].metadata["position"]["epoch"]
             self.reporter.on_message(f"{resumed[0]}: the run already finished ({done} epochs); nothing to do")
-            clean_stale_temp_files(self.out)
+            self.comm.barrier()  # every rank has read the folder before rank 0 changes it
+            self.folder.clean()
             self._repair_epoch_end(*resumed)
             meta = resumed[1].metadata
             return RunResult(self.out, "already finished", meta.get("history", []), meta.get("best_val_acc"), resumed[0])
         self._build(resumed)
-        # Everything is validated: now the folder may be created and written.
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.overwrite and resumed is None:
-            _clear_run(self.out)
-        clean_stale_temp_files(self.out)
+        # Everything is validated (on every rank): now the folder may be created and written.
+        self.comm.barrier()
+        self.folder.prepare(clear=self.overwrite and resumed is None)
         if resumed is not None:
             self._repair_epoch_end(*resumed)
-        atomic_write_bytes(self.out / "config.yaml", config_to_yaml(cfg).encode())
+        self.folder.write("config.yaml", config_to_yaml(cfg).encode())
         self.reporter.on_start(self._start_info(resumed))
         self.last_path = None
         for epoch in range(self.position["epoch"], cfg.train.epochs):
             self._maybe_unfreeze(epoch)
             row = self._run_epoch(epoch)
             self._end_epoch(row)
-            signum = self.should_stop()
+            signum = self.comm.agree_to_stop(self.should_stop())
             if signum:
                 raise Interrupted(signum, str(self.last_path))
         return RunResult(self.out, "finished", self.history, self.best, self.last_path)
