@@ -689,3 +689,82 @@ def test_tensor_indices_inside_a_tuple():
 def test_flatten_defaults_to_all_dims():
     t = at.tensor(np.arange(24.0).reshape(2, 3, 4))
     assert t.flatten().shape == (24,) and t.flatten(1).shape == (2, 12)
+
+
+# --- Leaf gradients own their memory ---------------------------------------------------------------
+# The engine hands a gradient to a leaf without a copy only when nothing else holds it; each
+# test writes into one .grad and checks that nothing else changed.
+
+def _c(*values):
+    """A constant: multiplying by it makes the gradient behind it a fresh, writeable array,
+    which the engine may hand to a leaf without a copy (unless something else holds it)."""
+    return leaf(np.array(values), requires_grad=False)
+
+
+def test_two_leaves_of_one_add_get_separate_gradients():
+    a, b = leaf(np.ones(3)), leaf(np.ones(3))
+    ((a + b) * _c(1.0, 2.0, 3.0)).sum().backward()  # Add returns one array for both
+    a.grad.data[...] = 5.0
+    assert b.grad.data.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_views_of_one_gradient_given_to_two_leaves_are_separated():
+    a, b = leaf(np.ones(4)), leaf(np.ones(4))
+    ((a.reshape(2, 2) + b.reshape(2, 2)) * _c(1.0, 2.0)).sum().backward()
+    a.grad.data[...] = 5.0
+    assert b.grad.data.tolist() == [1.0, 2.0, 1.0, 2.0]
+    x = leaf(np.ones(4))
+    ((x.reshape(2, 2) * 1.0 + x.reshape(2, 2)) * _c(1.0, 2.0)).sum().backward()  # one leaf, two paths: added
+    assert x.grad.data.tolist() == [2.0, 4.0, 2.0, 4.0]
+
+
+def test_the_callers_gradient_array_is_never_kept():
+    x = leaf(np.ones(4))
+    g = np.full((2, 2), 3.0)
+    x.reshape(2, 2).backward(g)  # Reshape hands back a view of g
+    g[...] = 7.0
+    assert x.grad.data.tolist() == [3.0] * 4
+    y = leaf(np.ones(2))
+    gy = np.array([2.0, 4.0])
+    y.backward(gy)  # a leaf as the root
+    gy[...] = 0.0
+    assert y.grad.data.tolist() == [2.0, 4.0]
+    z = leaf(np.ones(2))
+    gz = np.array([1.0, 3.0])
+    (z + z).backward(gz)  # Add hands gz itself back, twice
+    gz[...] = 0.0
+    assert z.grad.data.tolist() == [2.0, 6.0]
+
+
+def test_a_leaf_gradient_is_not_a_view_of_the_leaf_or_of_saved_arrays():
+    x = leaf(np.array([1.0, 2.0]))
+    w = leaf(np.array([3.0, 4.0]))
+    (x * w).sum().backward()  # x.grad = w's data, w.grad = x's data: must be copies or fresh
+    x.grad.data[...] = 0.0
+    w.grad.data[...] = 0.0
+    assert x.data.tolist() == [1.0, 2.0] and w.data.tolist() == [3.0, 4.0]
+    p = leaf(np.array([1.0, 2.0]))
+    q = p.reshape(2)  # a view of p's data...
+    (q * _c(1.0, 1.0) + p * 0.0).sum().backward()
+    p.grad.data[...] = 9.0
+    assert p.data.tolist() == [1.0, 2.0]
+
+
+def test_a_gradient_still_pending_for_another_node_is_not_given_away():
+    x = leaf(np.ones(3))
+    h = x * 2.0
+    z = (x + h) * _c(1.0, 1.0, 1.0)  # Add hands one fresh array to the leaf x and to h's node
+    z.sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [3.0, 3.0, 3.0])  # 1 + 2, not 2 + 2 or 1 + 1
+    x2 = leaf(np.ones(3))
+    h2 = x2 * _c(2.0, 2.0, 2.0)
+    (h2 + x2 * 1.0).backward(np.array([1.0, 1.0, 1.0]))
+    np.testing.assert_array_equal(x2.grad.data, [3.0, 3.0, 3.0])
+
+
+def test_gradients_accumulate_into_an_existing_grad_in_place():
+    x = leaf(np.ones(2))
+    (x * 3.0).sum().backward()
+    first = x.grad
+    (x * 4.0).sum().backward()
+    assert x.grad is first and first.data.tolist() == [7.0, 7.0]
