@@ -1,0 +1,178 @@
+"""Data-parallel throughput: N=1 (2 BLAS threads) against N=2 MPI ranks (1 thread each).
+
+    python benchmarks/bench_distributed.py --json benchmarks/distributed_last_run.json
+    python benchmarks/bench_distributed.py --jobs      # also the README main job end to end,
+                                                       # --nproc 2 vs 1 process vs torch 2.13
+
+Two workloads, each timed over the same global batches with the trainer's own train_step:
+the digits main job's model and data (configs/digits.yaml: width 16, small stem, 16x16,
+batch 64) and torchvision's width-64 resnet18 at 64x64 (imagenet stem, batch 32, synthetic
+images). Each measurement is its own ``mpiexec -n N`` process (N=1 too), the two alternated,
+medians of --repeats; images/s over --steps steps after 3 warm-up steps; for N=2 also the
+share of the step spent in the gradient Allreduce (timed inside combine_gradients).
+
+``--jobs`` times ``autotrain train configs/digits.yaml`` (10 epochs) with --nproc 2 and in
+one process, and benchmarks/torch_digits_job.py (the same job in torch: split, model,
+optimizer, schedule, evaluation), alternated, each in its own process.
+
+OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE, when set on this machine, halve numpy's sgemm: they are
+removed from the environment of the processes this script starts (it says so), and never
+changed for tests or CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def clean_env(threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=str(ROOT))
+    return env
+
+
+def mpiexec() -> str:
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else "mpiexec"
+
+
+# --------------------------------------------------------------------------- worker (one rank)
+
+
+def worker(workload: str, steps: int) -> None:
+    import numpy as np
+
+    from autotrain import distributed, models
+    from autotrain.config import load_config
+    from autotrain.optim import SGD
+    from autotrain.train.loop import train_step
+    from autotrain.train.run import load_data, make_loaders
+
+    comm = distributed.init()
+    if workload == "digits":
+        cfg = load_config(ROOT / "configs" / "digits.yaml")
+        loader, _ = make_loaders(cfg, load_data(cfg))
+        model = models.resnet18(num_classes=10, in_channels=1, width=16, stem="small")
+        batches = [loader.batch(0, b, comm.shard(len(loader.batch_indices(0, b))) if comm.size > 1 else None)
+                   for b in range(steps + 3)]
+        global_batch = cfg.train.batch_size
+    else:
+        rng = np.random.default_rng(0)
+        global_batch = 32
+        part = comm.shard(global_batch)
+        x = rng.standard_normal((global_batch, 3, 64, 64)).astype(np.float32)[part]
+        y = rng.integers(0, 10, global_batch)[part]
+        model = models.resnet18(num_classes=10, in_channels=3, width=64, stem="imagenet")
+        batches = [(x, y)] * (steps + 3)
+    model.train()
+    opt = SGD(list(model.parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    reduce_seconds = [0.0]
+    combine = comm.combine_gradients
+
+    def timed(arrays):
+        t = time.perf_counter()
+        combine(arrays)
+        reduce_seconds[0] += time.perf_counter() - t
+
+    comm.combine_gradients = timed
+    for x, y in batches[:3]:
+        train_step(model, opt, x, y, "warm-up", comm)
+    comm.barrier()
+    reduce_seconds[0] = 0.0
+    start = time.perf_counter()
+    for x, y in batches[3:]:
+        train_step(model, opt, x, y, "timed", comm)
+    comm.barrier()
+    seconds = time.perf_counter() - start
+    grads = sum(p.data.size for p in model.parameters())
+    if comm.is_writer:
+        print(json.dumps({"images_per_s": steps * global_batch / seconds, "step_ms": 1e3 * seconds / steps,
+                          "allreduce_ms": 1e3 * reduce_seconds[0] / steps, "gradient_mb": grads * 4 / 1e6}))
+
+
+def measure(workload: str, n: int, steps: int) -> dict:
+    threads = 2 if n == 1 else 1
+    out = subprocess.run([mpiexec(), "-n", str(n), sys.executable, __file__, "--worker", workload, str(steps)],
+                         env=clean_env(threads), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def throughput(repeats: int) -> dict:
+    results = {}
+    for workload, steps in (("digits", 30), ("w64@64", 6)):
+        runs = {1: [], 2: []}
+        for _ in range(repeats):
+            for n in (1, 2):  # alternated, each its own process
+                runs[n].append(measure(workload, n, steps))
+        med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
+        results[workload] = {"n1": med[1], "n2": med[2], "speedup": med[2]["images_per_s"] / med[1]["images_per_s"],
+                             "allreduce_share": med[2]["allreduce_ms"] / med[2]["step_ms"], "raw": runs}
+        print(f"{workload}: N=1 {med[1]['images_per_s']:.0f} img/s, N=2 {med[2]['images_per_s']:.0f} img/s "
+              f"({results[workload]['speedup']:.2f}x); allreduce {med[2]['allreduce_ms']:.2f} ms of "
+              f"{med[2]['step_ms']:.1f} ms ({100 * results[workload]['allreduce_share']:.1f} %); "
+              f"gradients {med[2]['gradient_mb']:.1f} MB", flush=True)
+    return results
+
+
+def jobs(repeats: int, work: Path) -> dict:
+    """Wall time of the README main job: --nproc 2, one process, torch."""
+    commands = {
+        "autotrain --nproc 2": ([sys.executable, "-m", "autotrain.cli", "train", str(ROOT / "configs" / "digits.yaml"),
+                                 "--set", f"output.dir={work / 'n2'}", "--overwrite", "-q", "--nproc", "2"], 1),
+        "autotrain 1 process": ([sys.executable, "-m", "autotrain.cli", "train", str(ROOT / "configs" / "digits.yaml"),
+                                 "--set", f"output.dir={work / 'n1'}", "--overwrite", "-q"], 2),
+        "torch 2.13": ([sys.executable, str(ROOT / "benchmarks" / "torch_digits_job.py")], 2),
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeats):
+        for name, (cmd, threads) in commands.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, env=clean_env(threads), check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t)
+            print(f"  {name}: {times[name][-1]:.1f} s", flush=True)
+    return {k: {"median_s": statistics.median(v), "runs": v} for k, v in times.items()}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2], int(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jobs", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    unset = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          + (f"unset {', '.join(unset)} for the measured processes" if unset else
+             "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE not set"))
+    from threadpoolctl import threadpool_info
+
+    import numpy  # noqa: F401  (so threadpool_info sees its BLAS)
+    blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()]
+    print("BLAS:", "; ".join(blas), "| N=1: 2 threads, N=2: 1 thread a rank")
+    report = {"blas": blas, "cores": os.cpu_count(), "unset": unset, "throughput": throughput(args.repeats)}
+    if args.jobs:
+        work = Path("/tmp/bench_distributed")
+        work.mkdir(exist_ok=True)
+        report["jobs"] = jobs(args.repeats, work)
+        for k, v in report["jobs"].items():
+            print(f"{k}: median {v['median_s']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
