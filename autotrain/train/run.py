@@ -30,6 +30,7 @@ from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_sta
 from ..optim import SGD, scheduled_lr
 from ..distributed import Communicator
 from ..nn import BatchNorm2d
+from ..resources import resolve_data_path
 from .loop import EpochSums, Reporter, Reporters, evaluate, train_step
 from .setup import build_model, checkpoint_config, load_model_state, set_train_mode, unfreeze_all
 
@@ -96,7 +97,9 @@ def load_data(cfg: Config, reporter: Reporter | None = None) -> DatasetSplits:
     """The config's data set; an imagefolder's decoding progress and cache warnings go to
     ``reporter`` (``on_data_progress``, ``on_message``)."""
     d = cfg.data
-    return load_dataset(d.source, d.path, d.image_size, cfg.model.in_channels, cfg.model.num_classes,
+    # A shipped dataset (datasets/fashion_5to9) is found from any folder, as weights/ files are.
+    path = resolve_data_path(d.path) if d.path else d.path
+    return load_dataset(d.source, path, d.image_size, cfg.model.in_channels, cfg.model.num_classes,
                         d.val_fraction, list(d.classes) if d.classes is not None else None, cfg.seed,
                         cache=d.cache, progress=reporter.on_data_progress if reporter else None,
                         notify=reporter.on_message if reporter else None)
