@@ -40,9 +40,8 @@ def curves_figure(history: list[dict], best: int | None) -> Figure:
     for ax, (title, train_key, val_key) in zip(axes, panels):
         train = _column(history, train_key)
         ax.plot(epochs, train, marker="o", ms=3, color=TRAIN, label="train" if val_key else "lr at epoch end")
-        if val_key:
-            val = _column(history, val_key)
-            ax.plot(epochs, val, marker="o", ms=3, color=VAL, label="validation")
+        if val_key and np.isfinite(_column(history, val_key)).any():  # no line for a run without validation
+            ax.plot(epochs, _column(history, val_key), marker="o", ms=3, color=VAL, label="validation")
         if best is not None:
             ax.axvline(best, color=BEST, ls="--", lw=1, label=f"best epoch {best}")
         ax.set_title(title)
