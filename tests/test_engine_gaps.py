@@ -768,3 +768,36 @@ def test_gradients_accumulate_into_an_existing_grad_in_place():
     first = x.grad
     (x * 4.0).sum().backward()
     assert x.grad is first and first.data.tolist() == [7.0, 7.0]
+
+
+# --- BatchNorm: 2-D input, and the incoming gradient left as it was ----------------------------
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_on_2d_input_gradients(training):
+    from autotrain.autograd import gradcheck
+
+    rng = np.random.default_rng(7)
+    x, w, b = leaf(rng.standard_normal((6, 3))), leaf(rng.uniform(0.5, 1.5, 3)), leaf(rng.standard_normal(3))
+    rm, rv = at.tensor(rng.standard_normal(3)), at.tensor(rng.uniform(0.5, 1.5, 3))
+    snapshot = (rm.data.copy(), rv.data.copy())
+
+    def fn(x, w, b):
+        rm.data[...], rv.data[...] = snapshot  # training updates them on every call
+        return F.batch_norm(x, rm, rv, w, b, training=training)
+
+    assert gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("kernel", ["batch_norm", "batch_norm_relu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_backward_leaves_a_channels_last_incoming_gradient_alone(kernel, training):
+    # In a ResNet block the same gradient array also flows down the shortcut: writing the
+    # BatchNorm's input gradient into it would corrupt the other branch.
+    rng = np.random.default_rng(8)
+    x = leaf(rng.standard_normal((2, 3, 2, 2)))
+    rm, rv = at.tensor(np.zeros(3)), at.tensor(np.ones(3))
+    y = getattr(F, kernel)(x, rm, rv, leaf(np.ones(3)), leaf(np.zeros(3)), training=training)
+    g = np.ascontiguousarray(rng.standard_normal((2, 2, 2, 3))).transpose(0, 3, 1, 2)  # NHWC memory
+    before = g.copy()
+    y.backward(g)
+    np.testing.assert_array_equal(g, before)
