@@ -801,3 +801,61 @@ def test_batch_norm_backward_leaves_a_channels_last_incoming_gradient_alone(kern
     before = g.copy()
     y.backward(g)
     np.testing.assert_array_equal(g, before)
+
+
+# --- check_gradients' report ------------------------------------------------------------------------
+
+class _TwiceOffAt(Function):
+    """2 * a, whose backward adds DELTA at flat element 1."""
+
+    DELTA = 0.01
+
+    @staticmethod
+    def forward(ctx, a):
+        return a * 2.0
+
+    @staticmethod
+    def backward(ctx, g):
+        out = g * 2.0
+        out.reshape(-1)[1] += _TwiceOffAt.DELTA
+        return (out,)
+
+
+def test_check_gradients_report_fields_are_the_measured_errors():
+    from autotrain.autograd import check_gradients
+
+    x = leaf(np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]]))
+    x.grad = at.tensor(np.full((2, 3), 100.0))  # a stale gradient must not leak into the check
+    frozen = leaf(np.ones(3), requires_grad=False)
+    report = check_gradients(lambda a, f: _TwiceOffAt.apply(a) + f, (x, frozen), seed=4, names=["x", "f"])
+    v = np.random.default_rng(4).standard_normal((2, 3))  # the seeded cotangent, drawn first
+    numerical = 2.0 * v[0, 1]
+    assert report.elements == 6  # x only: f does not require grad
+    assert report.max_abs_err == pytest.approx(0.01, rel=1e-6)
+    assert report.max_rel_err == pytest.approx(0.01 / abs(numerical), rel=1e-6)
+    assert report.max_tol_ratio == pytest.approx(0.01 / (1e-5 + 1e-3 * abs(numerical)), rel=1e-6)
+    assert not report.passed
+    assert report.worst.startswith("x (0, 1): analytical ") and "abs err 0.01)" in report.worst
+
+
+def test_check_gradients_relative_error_ignores_near_zero_gradients():
+    from autotrain.autograd import check_gradients
+
+    class TinyOff(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 0.0  # numerical gradient exactly 0
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g * 0.0 + 1e-7,)  # off by 1e-7: within atol, infinite relative error
+
+    report = check_gradients(TinyOff.apply, (leaf(np.ones(3)),))
+    assert report.passed and report.max_rel_err == 0.0 and report.max_abs_err == pytest.approx(1e-7)
+    assert report.max_tol_ratio == pytest.approx(1e-7 / 1e-5)
+
+
+def test_check_gradients_passes_exactly_at_its_tolerance():
+    from autotrain.autograd.gradcheck import GradcheckReport
+
+    assert GradcheckReport(max_tol_ratio=1.0).passed and not GradcheckReport(max_tol_ratio=1.0000001).passed
