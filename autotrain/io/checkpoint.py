@@ -72,6 +72,20 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def unwritable_folder(out: Path) -> str | None:
+    """Why files cannot be created in folder ``out`` (made if missing), or None when they can:
+    ``"exists and is not a folder"``, or ``"is not writable (P does not accept new files)"``
+    naming the nearest existing ancestor P. Checked before a run or a report writes anything."""
+    if out.exists() and not out.is_dir():
+        return "exists and is not a folder"
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return f"is not writable ({probe} does not accept new files)"
+    return None
+
+
 def _write_payload(f: BinaryIO, data: bytes) -> None:
     sleep_s = os.environ.get(FAULT_SLEEP_ENV)
     abort = os.environ.get(FAULT_ABORT_ENV) == "1"

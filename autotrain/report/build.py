@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError, OutputError
+from ..io.checkpoint import unwritable_folder
 from .rundir import best_epoch, read_run
 
 INSTALL_HINT = "pip install 'autotrain[report]'"
@@ -43,13 +44,9 @@ def require_report_dependencies() -> None:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"report output {out}: exists and is not a folder")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"report output {out}: not writable ({probe} does not accept new files)")
+    problem = unwritable_folder(out)
+    if problem is not None:
+        raise ConfigError(f"report output {out}: {problem}")
 
 
 def _position(meta: dict) -> str:

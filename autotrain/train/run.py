@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..data import AugmentSpec, BatchLoader, DatasetSplits, load_dataset
 from ..errors import AutotrainError, ConfigError, NumericalError, WeightsError
 from ..io.checkpoint import (BEST_NAME, LAST_NAME, atomic_write_bytes, clean_stale_temp_files, encode_checkpoint,
                              epoch_checkpoint_name, latest_valid_checkpoint, load_checkpoint,
-                             rotate_checkpoints, saved_step)
+                             rotate_checkpoints, saved_step, unwritable_folder)
 from ..optim import SGD, scheduled_lr
 from ..distributed import Communicator
 from ..nn import BatchNorm2d
@@ -69,16 +68,11 @@ def _has_run(out: Path) -> bool:
 
 def check_output_dir(out: Path, resume: str | None, overwrite: bool) -> None:
     """Refuse an unusable output folder before anything is trained or written (exit 2)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output.dir: {out} exists and is not a folder")
-    if out.is_dir() and _has_run(out) and not resume and not overwrite:
-        raise ConfigError(f"output.dir: {out} already holds a run; pass --resume auto to continue it "
-                          "or --overwrite to start over")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output.dir: {out} is not writable ({probe} does not accept new files)")
+    problem = unwritable_folder(out)
+    if problem is None and _has_run(out) and not resume and not overwrite:
+        problem = "already holds a run; pass --resume auto to continue it or --overwrite to start over"
+    if problem is not None:
+        raise ConfigError(f"output.dir: {out} {problem}")
 
 
 def _clear_run(out: Path) -> None:
