@@ -859,3 +859,32 @@ def test_check_gradients_passes_exactly_at_its_tolerance():
     from autotrain.autograd.gradcheck import GradcheckReport
 
     assert GradcheckReport(max_tol_ratio=1.0).passed and not GradcheckReport(max_tol_ratio=1.0000001).passed
+
+
+# --- mean, flatten, permute; BatchNorm's running variance and eval-mode gradients ---------------
+
+def test_mean_keeps_no_dims_by_default_and_flatten_ranges():
+    t = at.tensor(np.arange(24.0).reshape(2, 3, 4))
+    assert t.mean(axis=0).shape == (3, 4) and t.mean(axis=0, keepdims=True).shape == (1, 3, 4)
+    assert t.flatten(0, 1).shape == (6, 4) and t.flatten(1, 2).shape == (2, 12)
+    assert at.tensor(3.0).flatten().shape == (1,)  # a 0-d tensor flattens to one element, as in torch
+    p = t.permute(2, 0, 1)
+    assert p.shape == (4, 2, 3) and p.data[3, 1, 2] == t.data[1, 2, 3]
+
+
+def test_batch_norm_running_variance_is_unbiased_for_two_samples():
+    x = at.tensor(np.array([[1.0, 10.0], [3.0, 20.0]]))  # two samples per channel
+    rm, rv = at.tensor(np.zeros(2)), at.tensor(np.ones(2))
+    F.batch_norm(x, rm, rv, training=True, momentum=0.5)
+    # unbiased variance: ((1-2)^2 + (3-2)^2) / 1 = 2 and ((10-15)^2 + (20-15)^2) / 1 = 50
+    np.testing.assert_allclose(rv.data, [0.5 * 1 + 0.5 * 2.0, 0.5 * 1 + 0.5 * 50.0], rtol=1e-15)
+    np.testing.assert_allclose(rm.data, [0.5 * 2.0, 0.5 * 15.0], rtol=1e-15)
+
+
+def test_batch_norm_eval_gradient_of_the_weight_alone():
+    x = at.tensor(np.array([[1.0, 10.0], [3.0, 20.0]]))
+    rm, rv = at.tensor(np.array([2.0, 12.0])), at.tensor(np.array([4.0, 16.0]))
+    w = leaf(np.array([1.0, 1.0]))
+    F.batch_norm(x, rm, rv, w, leaf(np.zeros(2), requires_grad=False), training=False, eps=0.0).sum().backward()
+    # d/dw sum((x - rm) / sqrt(rv) * w) = sum over the batch of (x - rm) / sqrt(rv)
+    np.testing.assert_allclose(w.grad.data, [(-1 + 1) / 2.0, (-2 + 8) / 4.0], rtol=1e-15)
