@@ -19,6 +19,10 @@
    archive) runs the same epoch on the 5,000-image folder, alternating with the new code.
 4. Prefetching the next batch in a thread vs not: ms per step, same process, alternating.
 
+``--second-run-only`` and ``--batch-prep-only`` re-measure one part on existing folders and
+caches; the latter times the data path alone (gather, augment, float, normalise) for the
+cache and for float32 arrays in RAM, alternating batch by batch, over one epoch.
+
 Figures depend on the machine and on what else runs on it; the JSON records the load average.
 """
 
@@ -179,6 +183,25 @@ print(json.dumps({"ms_per_step": result, "batch_prepare_ms": 1000 * float(sorted
 STEM = "imagenet"
 
 
+BATCH_PREP = """
+import sys, time, json
+import numpy as np
+from autotrain.data import AugmentSpec, BatchLoader, load_dataset
+splits = load_dataset("imagefolder", sys.argv[1], 64, 3, 10, val_fraction=0.2, seed=0, cache=sys.argv[2])
+spec = AugmentSpec(crop_padding=4, hflip=True)
+rows = BatchLoader(splits.train_x, splits.train_y, 64, splits.mean, splits.std, seed=0, augment=spec)
+floats = BatchLoader(np.asarray(splits.train_x), splits.train_y, 64, splits.mean, splits.std, seed=0, augment=spec)
+times = {"in_ram_float32": [], "cache_uint8_memory_mapped": []}
+for b in range(len(rows)):  # alternating batch by batch: the machine's load hits both alike
+    for name, loader in (("in_ram_float32", floats), ("cache_uint8_memory_mapped", rows)):
+        t = time.perf_counter()
+        loader.batch(0, b)
+        times[name].append(time.perf_counter() - t)
+print(json.dumps({k: {"median_ms": round(1000 * float(np.median(v)), 2), "total_s": round(float(np.sum(v)), 2)}
+                  for k, v in times.items()}))
+"""
+
+
 def config_args(folder: Path, cache: str, out: Path) -> list[str]:
     return ["--set", f"model.stem={STEM}","--set", f"data.path={folder}", "--set", f"data.cache={cache}", "--set", f"output.dir={out}",
             "--set", "model.num_classes=10", "--set", "model.in_channels=3", "--set", "model.width=8",
@@ -203,6 +226,21 @@ def epoch_run(folder: Path, cache: str, out: Path, work: Path, code: Path = ROOT
             "peak_rss_anon_mb": round(sampler.anon / 1e6, 1), "peak_rss_file_mb": round(sampler.file / 1e6, 1)}
 
 
+def second_run(folder: Path, cache: Path, work: Path) -> dict:
+    """Seconds from starting a fresh interpreter to the data loaded from the cache, to the
+    first batch and the model ready, and to the first training step done."""
+    start = time.time()
+    cfg_args = [str(ROOT / "configs" / "imagefolder.yaml"), *[a for a in config_args(folder, str(cache), work / "unused")
+                                                               if a != "--set"]]
+    done = subprocess.run([sys.executable, "-c", SECOND_RUN, *cfg_args], env=child_env(), cwd=work,
+                          capture_output=True, text=True, check=True)
+    second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert second["status"] == "read", second
+    return {"start_to_data_loaded_s": round(second["loaded"] - start, 2),
+            "start_to_first_batch_and_model_ready_s": round(second["ready"] - start, 2),
+            "start_to_first_step_done_s": round(second["first_step"] - start, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_data"))
@@ -212,6 +250,13 @@ def main() -> None:
     parser.add_argument("--stem", default="imagenet", choices=("imagenet", "small"),
                         help="model.stem of the epoch runs (small keeps 64x64 maps through layer1: its "
                              "activations alone take ~800 MB at batch 64)")
+    parser.add_argument("--second-run-only", action="store_true",
+                        help="measure only the second-run start again (the cache files must exist); "
+                             "updates the 'second_run' entries of an existing --json file")
+    parser.add_argument("--batch-prep-only", action="store_true",
+                        help="time one epoch of batch preparation (gather, augment, to float, normalise) "
+                             "from the cache and from float32 arrays in RAM, alternating batch by batch, "
+                             "on the largest folder (its cache file must exist)")
     args = parser.parse_args()
     global STEM
     STEM = args.stem
@@ -220,6 +265,28 @@ def main() -> None:
     report: dict = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "stem": STEM,
                     "model": "resnet18 width 8, image_size 64, batch 64, crop_padding 4 + hflip, val_fraction 0.2",
                     "sizes": {}}
+
+    if args.batch_prep_only:
+        report = json.loads(args.json.read_text()) if args.json and args.json.exists() else report
+        count = max(args.sizes)
+        done = subprocess.run([sys.executable, "-c", BATCH_PREP, str(work / f"images{count}"),
+                               str(work / "cache" / f"images{count}.atcache")], env=child_env(), cwd=work,
+                              capture_output=True, text=True, check=True)
+        report["batch_prepare"] = {"images": count, **json.loads(done.stdout.strip().splitlines()[-1])}
+        print(report["batch_prepare"], flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return
+    if args.second_run_only:
+        report = json.loads(args.json.read_text()) if args.json and args.json.exists() else report
+        for count in args.sizes:
+            entry = report["sizes"].setdefault(str(count), {})
+            entry["second_run"] = second_run(work / f"images{count}", work / "cache" / f"images{count}.atcache", work)
+            print(count, "second run", entry["second_run"], flush=True)
+        report["second_run_load_average"] = os.getloadavg()
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return
 
     t = time.perf_counter()
     largest = max(args.sizes)
@@ -249,16 +316,7 @@ def main() -> None:
                               "cache_bytes_per_image": round(first["info"]["bytes"] / count, 1)}
         print(count, "first run", entry["first_run"], flush=True)
 
-        start = time.time()
-        cfg_args = [str(ROOT / "configs" / "imagefolder.yaml"), *[a for a in config_args(folder, str(cache), work / "unused")
-                                                                   if a != "--set"]]
-        done = subprocess.run([sys.executable, "-c", SECOND_RUN, *cfg_args], env=child_env(), cwd=work,
-                              capture_output=True, text=True, check=True)
-        second = json.loads(done.stdout.strip().splitlines()[-1])
-        assert second["status"] == "read", second
-        entry["second_run"] = {"start_to_data_loaded_s": round(second["loaded"] - start, 2),
-                               "start_to_first_batch_and_model_ready_s": round(second["ready"] - start, 2),
-                               "start_to_first_step_done_s": round(second["first_step"] - start, 2)}
+        entry["second_run"] = second_run(folder, cache, work)
         print(count, "second run", entry["second_run"], flush=True)
         save()
 
