@@ -888,3 +888,70 @@ def test_batch_norm_eval_gradient_of_the_weight_alone():
     F.batch_norm(x, rm, rv, w, leaf(np.zeros(2), requires_grad=False), training=False, eps=0.0).sum().backward()
     # d/dw sum((x - rm) / sqrt(rv) * w) = sum over the batch of (x - rm) / sqrt(rv)
     np.testing.assert_allclose(w.grad.data, [(-1 + 1) / 2.0, (-2 + 8) / 4.0], rtol=1e-15)
+
+
+def test_check_gradients_with_several_outputs_a_number_input_and_an_unused_input():
+    from autotrain.autograd import check_gradients
+
+    x, unused = leaf(np.array([0.5, 1.5])), leaf(np.array([1.0, 2.0, 3.0]))
+    frozen = leaf(np.ones(2), requires_grad=False)
+    # Inputs in this order: one without grad first, then a Python number, then two with grad.
+    report = check_gradients(lambda f, k, a, u: (a * k + f, (a ** 3) * 2.0), (frozen, 3.0, x, unused))
+    assert report.passed and report.elements == 5  # x's 2 and unused's 3 (gradient 0 = numerical 0)
+
+    class SecondOutputWrong(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g * 0.0,)  # claims the output does not depend on a
+
+    assert not check_gradients(lambda a: (a * 2.0, SecondOutputWrong.apply(a)), (x,)).passed
+
+
+def test_check_gradients_defaults_eps_1e6_and_seed_0():
+    from autotrain.autograd import check_gradients
+
+    x = leaf(np.array([0.5, 1.5, 2.0]))
+    assert check_gradients(lambda a: a ** 3, (x,)).passed  # eps 1e-6: x^3's error eps^2 is nothing
+    default = check_gradients(_TwiceOffAt.apply, (leaf(np.ones((2, 3))),))
+    seeded = check_gradients(_TwiceOffAt.apply, (leaf(np.ones((2, 3))),), seed=0)
+    other = check_gradients(_TwiceOffAt.apply, (leaf(np.ones((2, 3))),), seed=1)
+    assert default.worst == seeded.worst and default.max_tol_ratio == seeded.max_tol_ratio
+    assert other.max_tol_ratio != seeded.max_tol_ratio  # the seed draws the cotangent
+
+
+def test_check_gradients_samples_distinct_elements():
+    from autotrain.autograd import check_gradients
+
+    class WrongAtEnds(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            out = g * 1.0
+            out[0] += 1.0
+            out[-1] += 1.0
+            return (out,)
+
+    # 5 distinct elements of 6 always include element 0 or 5; drawn with replacement they need not.
+    for seed in range(20):
+        assert not check_gradients(WrongAtEnds.apply, (leaf(np.ones(6)),), max_elements=5, seed=seed).passed
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
+    ((1, 2, 5, 5), (3, 2, 3, 3), 2, 1),  # col2im input gradient
+    ((1, 2, 1, 1), (3, 2, 3, 3), 1, 1),  # taps that read only padding are cropped
+    ((1, 2, 5, 5), (3, 2, 3, 3), 1, 1),  # full correlation input gradient
+])
+def test_conv_gradients_keep_float32(x_shape, w_shape, stride, padding):
+    rng = np.random.default_rng(9)
+    x = at.tensor(rng.standard_normal(x_shape).astype(np.float32), requires_grad=True)
+    w = at.tensor(rng.standard_normal(w_shape).astype(np.float32), requires_grad=True)
+    _Probe.seen = []
+    F.conv2d(_Probe.apply(x), _Probe.apply(w), None, stride, padding).sum().backward()
+    assert _Probe.seen == [np.float32, np.float32]
