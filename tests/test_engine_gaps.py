@@ -955,3 +955,59 @@ def test_conv_gradients_keep_float32(x_shape, w_shape, stride, padding):
     _Probe.seen = []
     F.conv2d(_Probe.apply(x), _Probe.apply(w), None, stride, padding).sum().backward()
     assert _Probe.seen == [np.float32, np.float32]
+
+
+def test_check_gradients_of_an_empty_input():
+    from autotrain.autograd import check_gradients
+
+    report = check_gradients(lambda a: a * 2.0, (leaf(np.zeros((0, 3))),))
+    assert report.passed and report.elements == 0 and report.max_abs_err == 0.0 and report.worst == ""
+
+
+# --- sum's axis spellings, padding, conv kernels that are not square ---------------------------
+
+def test_sum_takes_a_list_of_axes_and_torch_keywords():
+    t = at.tensor(np.arange(24.0).reshape(2, 3, 4))
+    np.testing.assert_array_equal(t.sum(axis=[0, 2]).data, np.arange(24.0).reshape(2, 3, 4).sum(axis=(0, 2)))
+    assert t.sum(dim=1).shape == (2, 4) and t.sum(dim=1, keepdim=True).shape == (2, 1, 4)
+
+
+def test_max_pool_padding_never_wins_over_very_negative_values():
+    # Padding 2 on a 3-row map: the bottom padding rows must be filled too (with -inf).
+    x = at.tensor(np.full((1, 1, 3, 3), -1e30))
+    assert (F.max_pool2d(x, 5, 1, 2).data == -1e30).all()
+
+
+def _conv_reference(x, w, stride):
+    """Cross-correlation written out with loops, for tiny shapes only."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return out
+
+
+@pytest.mark.parametrize("kernel", [(3, 1), (1, 3), (2, 2), (1, 1)])
+def test_conv_with_non_square_and_small_kernels(kernel):
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((2, 2, 4, 5)), rng.standard_normal((3, 2) + kernel)
+    np.testing.assert_allclose(F.conv2d(at.tensor(x), at.tensor(w)).data, _conv_reference(x, w, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_conv_input_gradient_through_a_frozen_weight():
+    rng = np.random.default_rng(11)
+    x, w = leaf(rng.standard_normal((1, 2, 3, 3))), rng.standard_normal((1, 2, 3, 3))
+    F.conv2d(x, leaf(w, requires_grad=False)).sum().backward()  # one output pixel: d/dx = w
+    np.testing.assert_allclose(x.grad.data, w, rtol=1e-15)
+
+
+def test_relu_gradient_with_an_infinite_incoming_gradient_keeps_float32():
+    _Probe.seen = []
+    x = at.tensor(np.array([1.0, -1.0, 2.0], dtype=np.float32), requires_grad=True)
+    F.relu(_Probe.apply(x)).backward(np.array([np.inf, 5.0, 3.0], dtype=np.float32))
+    assert _Probe.seen == [np.float32]
+    assert x.grad.data.tolist() == [np.inf, 0.0, 3.0]  # 0 where relu is off, not inf * 0 = nan
