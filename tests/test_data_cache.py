@@ -25,7 +25,7 @@ from autotrain.data.images import decode_listing, decode_u8, list_folder
 from autotrain.errors import DatasetError
 from autotrain.io.checkpoint import load_checkpoint
 from autotrain.train.run import train
-from fault_helpers import run_cli
+from fault_helpers import kill9, run_cli, temp_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,6 +206,36 @@ def test_a_killed_builders_temp_file_is_removed_and_never_read(folder: Path, tmp
     splits = load(folder, str(path))
     assert splits.info["cache"]["status"] == "built" and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+_BUILDER = """
+import sys
+from autotrain.data import images, load_dataset
+images._POOL_MIN = 0  # the process pool even for this small folder
+load_dataset("imagefolder", sys.argv[1], 8, 3, 3, val_fraction=0.25, seed=1, cache=sys.argv[2])
+"""
+
+
+def test_kill_9_during_a_pool_build_leaves_no_cache_and_the_next_run_builds_it(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "many", per_class=200, classes=3, size=(6, 6))
+    target = tmp_path / "disk" / "c.atcache"
+    target.parent.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _BUILDER, str(folder), str(target)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > 64 for p in temp_files(target.parent)):  # rows are being written
+        assert proc.poll() is None and time.monotonic() < deadline, "the build ended before it was seen"
+        time.sleep(0.002)
+    kill9(proc)  # returns once the pipes close: no pool worker outlived the builder
+    assert not target.exists() and len(temp_files(target.parent)) == 1
+    args = ["train", str(ROOT / "configs" / "imagefolder.yaml"), "--set", f"data.path={folder}",
+            "--set", "model.num_classes=3", "--set", "model.width=2", "--set", "data.image_size=8",
+            "--set", "train.epochs=1", "--set", "schedule.warmup_epochs=0", "--set", f"data.cache={target}",
+            "--set", "output.dir=run"]
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.explain()
+    assert f"data cache {target} (built, " in again.stdout and temp_files(target.parent) == []
 
 
 _WAITER = """
