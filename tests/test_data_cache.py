@@ -124,7 +124,9 @@ def test_second_load_reads_the_file_and_a_changed_folder_decodes_again(folder: P
 
 def test_cache_off_and_cache_file_hold_the_same_rows(folder: Path, tmp_path: Path) -> None:
     off = load(folder, "off")
-    cached = load(folder, str(tmp_path / "c.atcache"))
+    steps: list[tuple[int, int]] = []
+    cached = load(folder, str(tmp_path / "c.atcache"), progress=lambda done, total: steps.append((done, total)))
+    assert steps[-1] == (37, 37) and all(a[0] < b[0] for a, b in zip(steps, steps[1:]))  # 36 good + 1 broken
     assert off.info["cache"]["status"] == "memory" and not off.train_x.memory_mapped
     assert np.array_equal(off.train_x.take(np.arange(27)), cached.train_x.take(np.arange(27)))
     assert off.mean == cached.mean and off.std == cached.std
@@ -356,3 +358,16 @@ def test_config_reads_unquoted_off_as_the_off_setting() -> None:
     cfg = config_from_dict({"model": {"num_classes": 2}, "data": {"cache": False}})
     assert cfg.data.cache == "off"
     assert config_from_dict({"model": {"num_classes": 2}}).data.cache == "auto"
+
+
+def test_the_cli_decode_bar_starts_and_ends_with_the_decoding() -> None:
+    from autotrain.cli.render import RichReporter
+
+    reporter = RichReporter()
+    reporter.on_data_progress(32, 64)
+    assert reporter.progress is not None and reporter.progress.tasks[0].completed == 32
+    reporter.on_data_progress(64, 64)
+    assert reporter.progress is None  # stopped: the epoch bar can start
+    quiet = RichReporter(quiet=True)
+    quiet.on_data_progress(1, 2)
+    assert quiet.progress is None
