@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -220,8 +221,11 @@ def _follow_parent(parent: int) -> None:
     """Pool worker initializer: exit as soon as the process that started the pool is gone.
 
     A run killed with ``kill -9`` while decoding must not leave workers behind (they would
-    wait on their task queue forever, holding the run's stdout and stderr open).
+    wait on their task queue forever, holding the run's stdout and stderr open). Ctrl-C
+    reaches the whole process group: workers ignore it and the run itself decides.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.2)
@@ -230,16 +234,17 @@ def _follow_parent(parent: int) -> None:
     threading.Thread(target=watch, name="autotrain-parent-watch", daemon=True).start()
 
 
-def _executor(files: int, workers: int | None) -> Executor:
+def _executor(files: int, workers: int | None) -> tuple[Executor, int]:
+    """The pool for ``files`` files (see decode_listing's ``workers``) and its size."""
     count = _MAX_WORKERS if workers is None else max(1, workers)
     if count > 1 and (files >= _POOL_MIN or workers is not None):
         # spawn: each worker is a fresh interpreter and a direct child of this process (so it
         # can tell when this process dies), never a fork of one whose other threads (BLAS, a
         # progress bar) might hold a lock at the moment of the fork.
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(max_workers=count, mp_context=context,
-                                   initializer=_follow_parent, initargs=(os.getpid(),))
-    return ThreadPoolExecutor(max_workers=count)
+        return ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_follow_parent,
+                                   initargs=(os.getpid(),)), count
+    return ThreadPoolExecutor(max_workers=count), count
 
 
 def decode_listing(listing: FolderListing, image_size: int, in_channels: int, sink,
@@ -259,10 +264,11 @@ def decode_listing(listing: FolderListing, image_size: int, in_channels: int, si
     decoded = np.zeros(len(listing.classes), dtype=np.int64)
     skipped: list[dict[str, str]] = []
     starts = range(0, total, _CHUNK)
-    with _executor(total, workers) as pool:
+    executor, count = _executor(total, workers)
+    with executor as pool:
         # A bounded window of tasks ahead: decoded chunks never pile up in memory.
         window: deque = deque()
-        ahead = 4 * (getattr(pool, "_max_workers", 1) or 1)
+        ahead = 4 * count
         pending = iter(starts)
         for start in pending:
             window.append((start, pool.submit(_decode_chunk, paths[start : start + _CHUNK],
