@@ -1011,3 +1011,55 @@ def test_relu_gradient_with_an_infinite_incoming_gradient_keeps_float32():
     F.relu(_Probe.apply(x)).backward(np.array([np.inf, 5.0, 3.0], dtype=np.float32))
     assert _Probe.seen == [np.float32]
     assert x.grad.data.tolist() == [np.inf, 0.0, 3.0]  # 0 where relu is off, not inf * 0 = nan
+
+
+def test_numbers_take_the_tensors_float_dtype_but_arrays_and_ints_promote():
+    f32 = at.tensor(np.array([1.0, 2.0], dtype=np.float32))
+    assert (f32 * 2.5).dtype == np.float32
+    mixed = f32 + np.array([0.5, 0.25])  # an ndarray operand promotes as NumPy does
+    assert mixed.dtype == np.float64 and mixed.data.tolist() == [1.5, 2.25]
+    assert (at.tensor([1, 2]) * 2.5).data.tolist() == [2.5, 5.0]  # an int tensor is not truncating 2.5
+
+
+def test_a_gradient_that_cannot_be_summed_back_names_both_shapes():
+    class WrongShape(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return (np.ones(3),)
+
+    with pytest.raises(RuntimeError) as err:
+        WrongShape.apply(leaf(np.ones(2))).sum().backward()
+    assert str(err.value) == "gradient of shape (3,) cannot be summed to shape (2,)"
+
+
+_SHARED = np.full(3, 2.0)  # one array a user Function hands out for every call
+_FOREIGN = bytearray(np.full(3, 2.0).tobytes())  # memory NumPy does not own (a buffer)
+
+
+class _SharedGrad(Function):
+    """A (legal) backward that returns the same array on every call."""
+
+    source = "shared"
+
+    @staticmethod
+    def forward(ctx, a):
+        return a * 2.0
+
+    @staticmethod
+    def backward(ctx, g):
+        if _SharedGrad.source == "shared":
+            return (_SHARED,)
+        return (np.frombuffer(_FOREIGN, dtype=np.float64),)
+
+
+@pytest.mark.parametrize("source", ["shared", "foreign"])
+def test_one_array_returned_to_two_leaves_by_two_nodes_is_not_shared_by_their_grads(monkeypatch, source):
+    monkeypatch.setattr(_SharedGrad, "source", source)
+    a, b = leaf(np.ones(3)), leaf(np.ones(3))
+    (_SharedGrad.apply(a) + _SharedGrad.apply(b)).sum().backward()
+    assert a.grad.data.tolist() == [2.0] * 3 and b.grad.data.tolist() == [2.0] * 3
+    assert not np.shares_memory(a.grad.data, b.grad.data)
