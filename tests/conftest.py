@@ -6,14 +6,21 @@ same config give the same floats bit for bit, whatever else the machine is doing
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The data cache's auto folder (~/.cache/autotrain/data) is the user's: the suite, its CLI
+# subprocesses included (they inherit this environment), caches under a folder of its own.
+os.environ["AUTOTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="autotrain-test-cache-")
+atexit.register(shutil.rmtree, os.environ["AUTOTRAIN_CACHE_DIR"], ignore_errors=True)
 PINNED_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # The checkout under test, not an installed copy; argv[0] "autotrain" as the console script.
 CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'autotrain'; from autotrain.cli import main; main()"]
