@@ -1063,3 +1063,86 @@ def test_one_array_returned_to_two_leaves_by_two_nodes_is_not_shared_by_their_gr
     (_SharedGrad.apply(a) + _SharedGrad.apply(b)).sum().backward()
     assert a.grad.data.tolist() == [2.0] * 3 and b.grad.data.tolist() == [2.0] * 3
     assert not np.shares_memory(a.grad.data, b.grad.data)
+
+
+# --- Grad mode per thread, constants, Tensor construction, backward's gradient argument ----------
+
+def test_grad_mode_is_on_in_a_new_thread():
+    import threading
+
+    from autotrain.autograd import is_grad_enabled, no_grad
+
+    seen = []
+
+    def worker():
+        seen.append(is_grad_enabled())
+        seen.append((leaf(np.ones(2)) * 2.0).requires_grad)
+
+    with no_grad():  # this thread's mode does not leak into the other
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    assert seen == [True, True]
+
+
+def test_a_constant_operand_gets_no_gradient():
+    x, c = leaf(np.ones(2)), leaf(np.array([2.0, 3.0]), requires_grad=False)
+    (x + c).sum().backward()
+    assert c.grad is None and x.grad.data.tolist() == [1.0, 1.0]
+
+
+def test_tensor_constructor_and_results_hold_ndarrays():
+    from autotrain.autograd import Tensor
+
+    t = Tensor([1.0, 2.0])
+    assert isinstance(t.data, np.ndarray) and t.data.tolist() == [1.0, 2.0]
+    dot = leaf(np.array([1.0, 2.0])) @ leaf(np.array([3.0, 4.0]))  # NumPy returns a scalar here
+    assert isinstance(dot.data, np.ndarray) and dot.data.shape == () and dot.item() == 11.0
+    assert dot.grad is None and (dot * 1.0).grad is None
+
+
+def test_backward_errors_are_torchs_messages():
+    with pytest.raises(RuntimeError) as err:
+        at.tensor([1.0]).backward()
+    assert str(err.value) == "element 0 of tensors does not require grad and does not have a grad_fn"
+    with pytest.raises(RuntimeError) as err:
+        (leaf(np.ones(2)) * 2.0).backward()
+    assert str(err.value) == "grad can be implicitly created only for scalar outputs"
+
+
+def test_backward_gradient_argument_takes_the_outputs_dtype():
+    _Probe.seen = []
+    x = at.tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    (_Probe.apply(x) * 2.0).backward(np.array([1.0, 3.0]))  # a float64 gradient for a float32 output
+    assert _Probe.seen == [np.float32]
+    (_Probe.apply(x) * 2.0).backward(at.tensor(np.array([1.0, 1.0], dtype=np.float32)))  # a Tensor gradient
+    assert x.grad.data.tolist() == [2.0 + 2.0, 6.0 + 2.0]
+
+
+def test_a_leaf_gradient_takes_the_leafs_dtype_and_memory_layout():
+    x = at.tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    (x * np.array([2.0, 4.0])).sum().backward()  # a float64 gradient reaches a float32 leaf
+    assert x.grad.dtype == np.float32 and x.grad.data.tolist() == [2.0, 4.0]
+    nhwc = np.ascontiguousarray(np.ones((2, 3, 2, 2)).transpose(0, 2, 3, 1))
+    y = at.tensor(np.zeros(1), requires_grad=True)
+    y.data = nhwc.transpose(0, 3, 1, 2)  # channels-last memory, NCHW shape
+    (y * 2.0).sum().backward()
+    assert y.grad.data.strides == y.data.strides
+
+
+def test_a_read_only_gradient_is_copied_before_it_becomes_a_grad():
+    class ReadOnlyGrad(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            out = g * 2.0
+            out.flags.writeable = False
+            return (out,)
+
+    x = leaf(np.ones(2))
+    for _ in range(2):  # the second backward adds into the first's .grad in place
+        ReadOnlyGrad.apply(x).backward(np.array([1.0, 1.0]))
+    assert x.grad.data.tolist() == [4.0, 4.0] and x.grad.data.flags.writeable
