@@ -69,7 +69,7 @@ def only_problem(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str
 
 def test_all_expected_configs_are_shipped():
     expected = {"digits.yaml", "tiny.yaml", "mnist_idx.yaml", "imagefolder.yaml",
-                "npz.yaml", "pretrain_digits04.yaml", "finetune.yaml"}
+                "npz.yaml", "fashion_pretrain.yaml", "finetune.yaml"}
     assert expected <= set(SHIPPED)
 
 
@@ -109,15 +109,16 @@ def test_digits_config_values():
 
 
 def test_finetune_and_pretrain_configs_fit_together():
-    pre = load_config(CONFIGS / "pretrain_digits04.yaml")
+    pre = load_config(CONFIGS / "fashion_pretrain.yaml")
     fine = load_config(CONFIGS / "finetune.yaml")
     assert pre.data.classes == (0, 1, 2, 3, 4) and fine.data.classes == (5, 6, 7, 8, 9)
-    assert fine.model.weights == "weights/resnet18_digits04.safetensors"
-    # bn: train and one epoch: the budget under which weights/README.md compares with a random backbone
+    assert fine.model.weights == "weights/resnet18_fashion04.safetensors"
+    # bn: train and 40 epochs: the setting under which README compares with a random backbone
     assert fine.finetune.freeze_backbone and fine.finetune.bn == "train"
-    assert (fine.train.epochs, fine.output.dir) == (1, "runs/finetune")
-    # the backbone shape matches; only data.classes differ
-    assert diff_configs(pre, fine) == ["data.classes"]
+    assert (fine.train.epochs, fine.train.batch_size, fine.output.dir) == (40, 20, "runs/finetune")
+    # the backbone shape matches; the data differ (another folder, classes and augmentation)
+    assert diff_configs(pre, fine, ("model",)) == []
+    assert pre.data.image_size == fine.data.image_size
 
 
 def test_tiny_config_values():

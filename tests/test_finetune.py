@@ -1,9 +1,10 @@
 """Finetuning: freeze patterns, the optimizer's parameters, no graph through frozen parts,
 frozen tensors bit-identical after training, unfreezing with its own lr group and exact
-resume across it, and the shipped digits 0-4 backbone against a random one on digits 5-9.
+resume across it, and the shipped Fashion-MNIST 0-4 backbone against a random one on the shipped
+few-label classes 5-9 (the 3-seed comparison at convergence is tests/test_pretrained.py's).
 
-The CLI runs use the shipped configs/finetune.yaml (one epoch, a few seconds each); the
-in-process runs use configs/tiny.yaml.
+The CLI runs use the shipped configs/finetune.yaml, shortened to SHORT_EPOCHS (a few seconds
+each); the in-process runs use configs/tiny.yaml.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from autotrain.train.setup import (
 CONFIGS = ROOT / "configs"
 FINETUNE = CONFIGS / "finetune.yaml"
 TINY = CONFIGS / "tiny.yaml"
-SHIPPED = ROOT / "weights" / "resnet18_digits04.safetensors"
+SHIPPED = ROOT / "weights" / "resnet18_fashion04.safetensors"
+SHORT_EPOCHS = ["--set", "train.epochs=2"]  # the shipped 40 would take a minute a run
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -297,12 +299,12 @@ def test_an_autotrain_checkpoint_works_as_model_weights(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The shipped finetune (pretrained) and its control (random backbone), from a folder that is
-    not the checkout; and the same with bn: eval. One epoch each, seconds each."""
+    not the checkout; and the same with bn: eval. SHORT_EPOCHS each, seconds each."""
     base = tmp_path_factory.mktemp("finetune")
     jobs = {
-        "pretrained": ["finetune", "--freeze-backbone"],
-        "control": ["finetune", "--set", "model.weights=null"],
-        "bn_eval": ["finetune", "--set", "finetune.bn=eval", "--set", "output.dir=bn_eval"],
+        "pretrained": ["finetune", "--freeze-backbone", *SHORT_EPOCHS],
+        "control": ["finetune", "--set", "model.weights=null", *SHORT_EPOCHS],
+        "bn_eval": ["finetune", "--set", "finetune.bn=eval", "--set", "output.dir=bn_eval", *SHORT_EPOCHS],
     }
     out = {}
     for name, args in jobs.items():
@@ -321,16 +323,17 @@ def test_default_finetune_runs_from_any_folder_and_prints_the_setup(runs) -> Non
     for block, total, trainable, frozen in [("conv1", "144", "0", "144"), ("layer4", "525,568", "0", "525,568"),
                                             ("fc", "645", "645", "0"), ("all", "700,533", "645", "699,888")]:
         assert re.search(rf"{block}\s*│\s*{total}\s*│\s*{trainable}\s*│\s*{frozen}\s*│", table), block
-    assert "resnet18_digits04.safetensors: loaded 122, missing 0, unexpected 0, shape mismatch 0" in text
+    assert "resnet18_fashion04.safetensors: loaded 122, missing 0, unexpected 0, shape mismatch 0" in text
     assert "fc re-initialised from seed 0" in text
 
 
-def test_the_pretrained_backbone_beats_a_random_one_by_20_points(runs) -> None:
+def test_the_pretrained_backbone_beats_a_random_one_by_15_points_after_two_epochs(runs) -> None:
+    # measured: 44.1 % vs 22.4 % after epoch 2, seed 0 (the converged comparison is test_pretrained.py's)
     pretrained = val_acc(runs["pretrained"][0] / "runs" / "finetune")
     control = val_acc(runs["control"][0] / "runs" / "finetune")
     assert "shape mismatch" not in runs["control"][1].stdout  # nothing was loaded
-    assert pretrained >= control + 0.20, (pretrained, control)
-    assert pretrained >= 0.70, pretrained
+    assert pretrained >= control + 0.15, (pretrained, control)
+    assert pretrained >= 0.40, pretrained
 
 
 def test_frozen_tensors_are_bit_identical_after_training(runs) -> None:
@@ -344,7 +347,7 @@ def test_frozen_tensors_are_bit_identical_after_training(runs) -> None:
     # bn: train (the shipped default): parameters still identical, statistics re-estimated
     tr = load_checkpoint(runs["pretrained"][0] / "runs" / "finetune" / "last.safetensors").model_state
     assert_bit_identical(tr, file, [k for k in frozen_keys if not k.endswith(BN_STATS)])
-    steps = 35  # 2238 images in batches of 64
+    steps = 10  # 2 epochs of 100 images in batches of 20
     assert int(tr["bn1.num_batches_tracked"]) == int(file["bn1.num_batches_tracked"]) + steps
     assert not np.array_equal(tr["layer4.1.bn2.running_var"], file["layer4.1.bn2.running_var"])
 
@@ -356,7 +359,7 @@ def test_finetune_options_num_classes_weights_resume_overwrite(runs, tmp_path: P
     done = run_cli_subprocess("finetune", "--resume", "auto", "-q", cwd=folder)
     assert done.returncode == 0 and "already finished" in done.stdout
     save_weights(load_weights(SHIPPED), tmp_path / "copy.npz")
-    r = run_cli_subprocess("finetune", "--weights", str(tmp_path / "copy.npz"), "--num-classes", "3",
+    r = run_cli_subprocess("finetune", "--weights", str(tmp_path / "copy.npz"), "--num-classes", "3", *SHORT_EPOCHS,
                            "--set", "data.classes=[7, 8, 9]", "--set", f"output.dir={tmp_path / 'three'}",
                            "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -366,7 +369,7 @@ def test_finetune_options_num_classes_weights_resume_overwrite(runs, tmp_path: P
 
 
 def test_train_reads_the_same_finetune_section(tmp_path: Path) -> None:
-    r = run_cli_subprocess("train", "finetune.yaml", "--set", "finetune.freeze_backbone=false",
+    r = run_cli_subprocess("train", "finetune.yaml", "--set", "finetune.freeze_backbone=false", *SHORT_EPOCHS,
                            "--set", 'finetune.freeze=["conv1", "layer1.*"]', "--set", f"output.dir={tmp_path / 'run'}",
                            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
