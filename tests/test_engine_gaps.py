@@ -578,7 +578,7 @@ def test_gradcheck_takes_one_tensor_and_passes_its_settings_on():
     with pytest.raises(GradcheckError):
         gradcheck(lambda t: t ** 3, (x,), eps=0.1)
     assert gradcheck(lambda t: t ** 3, (x,), eps=0.1, atol=0.05)
-    assert gradcheck(lambda t: t ** 3, (x,), eps=0.1, rtol=0.05, atol=0.02)
+    assert gradcheck(lambda t: t ** 3, (x,), eps=0.1, rtol=0.05)  # 5% of 3x^2 >= 0.0375 covers it
 
     class WrongAt2(Function):
         @staticmethod
@@ -1146,3 +1146,50 @@ def test_a_read_only_gradient_is_copied_before_it_becomes_a_grad():
     for _ in range(2):  # the second backward adds into the first's .grad in place
         ReadOnlyGrad.apply(x).backward(np.array([1.0, 1.0]))
     assert x.grad.data.tolist() == [4.0, 4.0] and x.grad.data.flags.writeable
+
+
+def test_abs_of_zero_is_zero():
+    x = leaf(np.array([0.0, -2.0, 3.0]))
+    y = x.abs()
+    assert y.data.tolist() == [0.0, 2.0, 3.0]
+    y.sum().backward()
+    assert x.grad.data.tolist() == [0.0, -1.0, 1.0]  # sign(x), 0 at 0 as in torch
+
+
+def test_a_0d_leaf_gradient_takes_the_leafs_dtype():
+    x = at.tensor(np.array(2.0, dtype=np.float32), requires_grad=True)
+    (x * np.array(3.0)).backward()  # 0-d arrays of both dtypes have the same (empty) strides
+    assert x.grad.dtype == np.float32 and x.grad.item() == 3.0
+
+
+def test_repr_span_of_exactly_1000_stays_fixed_point():
+    assert "e+" not in repr(at.tensor([1.5, 1500.0]))  # torch: tensor([   1.5000, 1500.0000])
+
+
+def test_a_foreign_gradient_and_an_owned_one_in_one_backward(monkeypatch):
+    monkeypatch.setattr(_SharedGrad, "source", "foreign")
+    a, b = leaf(np.ones(3)), leaf(np.ones(3))
+    (_SharedGrad.apply(a) + b * _c(1.0, 2.0, 3.0)).sum().backward()
+    assert a.grad.data.tolist() == [2.0] * 3 and b.grad.data.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_synchronised_batch_norm_equals_batch_norm_over_the_global_batch(dtype):
+    # reduce = "sum over two processes holding the same shard": the global batch is the shard
+    # twice, so every result must equal plain BatchNorm on the shard stacked twice.
+    rng = np.random.default_rng(12)
+    shard = rng.standard_normal((3, 2, 2, 2)).astype(dtype)
+    g = rng.standard_normal((3, 2, 2, 2)).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, 2).astype(dtype), rng.standard_normal(2).astype(dtype)
+    runs = []
+    for x_data, g_data, reduce in ((shard, g, lambda v: 2.0 * v),
+                                   (np.concatenate([shard, shard]), np.concatenate([g, g]), None)):
+        x = at.tensor(x_data.copy(), requires_grad=True)
+        rm, rv = at.tensor(np.zeros(2, dtype=dtype)), at.tensor(np.ones(2, dtype=dtype))
+        y = F.batch_norm(x, rm, rv, at.tensor(w), at.tensor(b), training=True, reduce=reduce)
+        assert y.dtype == dtype
+        y.backward(at.tensor(g_data))
+        runs.append((y.data[:3], x.grad.data[:3], rm.data, rv.data))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for ours, reference in zip(*runs):
+        np.testing.assert_allclose(ours, reference, rtol=tol, atol=tol)
