@@ -182,6 +182,7 @@ def test_kill_9_loop_full(tmp_path: Path, reference, request) -> None:
         one_kill(i, tmp_path, reference)
 
 
+@pytest.mark.slow  # the write-window kills above leave and clean a torn temp file in the default suite
 def test_stray_temp_files_are_ignored_and_cleaned(tmp_path: Path, reference) -> None:
     """A torn temp file named like a checkpoint is never chosen and is removed by the resume."""
     run = tmp_path / "run"

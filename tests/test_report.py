@@ -302,6 +302,7 @@ def test_resume_from_an_earlier_checkpoint_continues_the_curve_without_repeats(r
     assert [v for _, v in got["val/acc"]] == [v for _, v in ref["val/acc"]]
 
 
+@pytest.mark.slow  # the resume from an earlier checkpoint above covers the purge in the default suite
 def test_sigint_then_resume_continues_the_same_curves(run, tmp_path):
     """Ctrl-C at the first step (checkpoint at step 1), resume: one curve, equal to the
     uninterrupted run's, step for step."""
