@@ -13,9 +13,11 @@ every global batch, and they agree through this module only:
   loss is scaled by its share of the batch (``loss_weight``), so the sum is the full batch's
   mean gradient, whatever the shard sizes (as torch DDP averages equal shards);
 * ``agree_to_stop(signum)``: every rank stops at the same step when any got SIGINT/SIGTERM;
-* ``broadcast(arrays)``: rank 0's parameters and BatchNorm buffers to every rank (at start,
-  and before each evaluation and checkpoint: the running statistics are rank 0's, as DDP's
-  ``broadcast_buffers``);
+* ``broadcast(arrays)``: rank 0's arrays to every rank: parameters, buffers and momentum at
+  start; BatchNorm buffers before each evaluation and checkpoint (the running statistics are
+  rank 0's, as DDP's ``broadcast_buffers``). Parameters stay identical afterwards because
+  every rank applies the same summed gradients;
+* ``abort(code)``: end every rank at once, for an error one rank meets alone;
 * ``is_writer``: rank 0 alone prints, writes metrics.csv and checkpoints.
 
 A single process gets ``Communicator``, whose verbs are the identity: the trainer has one code
@@ -89,6 +91,10 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every rank gets here."""
 
+    def abort(self, code: int) -> None:
+        """End every rank now with exit ``code`` (an error that only this rank met: the others
+        would wait for it forever in their next collective). One process: nothing to do."""
+
     def describe(self) -> str:
         return "1 process"
 
@@ -138,10 +144,20 @@ class MPICommunicator(Communicator):
 
     def broadcast(self, arrays: list[np.ndarray]) -> None:
         for a in arrays:
-            self.comm.Bcast(np.ascontiguousarray(a) if not a.flags.c_contiguous else a, root=0)
+            if a.flags.c_contiguous:
+                self.comm.Bcast(a, root=0)
+            else:  # MPI needs one contiguous block: receive into a copy, then write it back
+                block = np.ascontiguousarray(a)
+                self.comm.Bcast(block, root=0)
+                a[...] = block
 
     def barrier(self) -> None:
         self.comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
 
     def describe(self) -> str:
         return f"{self.size} MPI processes"

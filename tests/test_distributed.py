@@ -232,3 +232,29 @@ def test_kill_9_of_one_rank_ends_the_job_and_resume_is_bit_identical(mpiexec, ru
     for name in reference:
         assert_same_checkpoint(resumed[name], reference[name], name)
     assert metrics_without_timing(run) == metrics_without_timing(runs["a"])
+
+
+def test_a_write_error_on_rank_zero_ends_every_rank_with_its_exit_code(mpiexec, tmp_path) -> None:
+    """Only rank 0 writes, so only it meets a full disk: the job must end (exit 6, one error
+    line) instead of leaving rank 1 waiting in its next collective."""
+    run = tmp_path / "run"
+    start = time.monotonic()
+    r = launch(mpiexec, 2, train_args(run), tmp_path, timeout=120,
+               faults={"rank": 0, "enospc": {"match": ".epoch-1.safetensors.tmp-*", "after": 10}})
+    assert r.returncode == 6 and time.monotonic() - start < 60, explain(r)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot write {run / 'epoch-1.safetensors'}: No space left on device"], explain(r)
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.csv"]
+
+
+def test_a_validation_batch_too_small_to_split_is_evaluated_by_rank_zero(mpiexec, tmp_path) -> None:
+    """257 validation images: the last batch of 256-image evaluation holds 1, which rank 0
+    evaluates alone (rank 1's shard is empty) and the sums still cover all 257."""
+    run = tmp_path / "run"
+    r = launch(mpiexec, 2, train_args(run, "train.epochs=1", "data.val_fraction=0.1528"), tmp_path)
+    assert r.returncode == 0, explain(r)
+    meta = load_checkpoint(run / "last.safetensors").metadata
+    n_val = meta["data_info"]["num_val"]
+    assert n_val % 256 in (1, 2, 3), n_val  # the case under test
+    correct = meta["history"][0]["val_acc"] * n_val
+    assert abs(correct - round(correct)) < 1e-6

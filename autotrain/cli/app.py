@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -35,9 +36,13 @@ NprocOpt = Annotated[int, typer.Option("--nproc", min=1, help="Train as N data-p
 ReportOpt = Annotated[bool, typer.Option("--report", help="Write RUN_DIR/report/ (figures, index.html) when the run ends (output.report).")]
 
 
-def _fail(err: AutotrainError) -> None:
+def _print_error(err: AutotrainError) -> None:
     for line in str(err).splitlines() or [type(err).__name__]:
         render.err_console.print(f"[red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def _fail(err: AutotrainError) -> None:
+    _print_error(err)
     raise typer.Exit(err.exit_code)
 
 
@@ -123,7 +128,8 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
     import numpy as np
 
     from .. import distributed
-    from ..train.run import Trainer
+    from ..errors import NumericalError
+    from ..train.run import Interrupted, Trainer
 
     if nproc > 1:
         _relaunch_under_mpiexec(nproc)
@@ -146,7 +152,27 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
                 # The run checks loss and weights itself and stops with one line naming the
                 # epoch and step (exit 5); numpy's overflow warnings would only add noise.
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    result = trainer.run()
+                    try:
+                        result = trainer.run()
+                    except (Interrupted, NumericalError):
+                        raise  # agreed by every rank at the same step: each ends with it
+                    except AutotrainError as err:
+                        # An error a rank may meet alone (rank 0's writes, one host's data):
+                        # the others would wait for it in their next collective, so the whole
+                        # job ends with its exit code. Rank 0 prints the one line; another rank
+                        # first gives rank 0 time to print its own, if it met the same error.
+                        if comm.size > 1:
+                            if comm.is_writer:
+                                _print_error(err)
+                            else:
+                                time.sleep(2)
+                            comm.abort(err.exit_code)
+                        raise
+                    except Exception:
+                        if comm.size > 1:  # a failure of this rank alone: do not leave the others waiting
+                            traceback.print_exc()
+                            comm.abort(1)
+                        raise
             finally:
                 reporter.close()
         if result.history and not quiet:

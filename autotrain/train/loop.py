@@ -175,6 +175,8 @@ def evaluate(model: nn.Module, loader, probabilities: bool = False,
     try:
         with no_grad():
             for x, y in loader.epoch(0, part_of=None if comm.size == 1 else comm.shard):
+                if not len(y):  # this rank's shard of a short batch is empty (rank 0 takes it)
+                    continue
                 logits = model(Tensor(x))
                 total += float(F.cross_entropy(logits, y, reduction="sum").data)
                 preds.append(logits.data.argmax(axis=1))
