@@ -8,8 +8,10 @@ every global batch, and they agree through this module only:
   2N rows goes whole to rank 0);
 * ``sum(values)``: a few float64 numbers (loss and accuracy sums, a non-finite flag, BatchNorm
   statistics) summed over the ranks;
-* ``combine_gradients(arrays)``: the trainable gradients summed in place over the ranks with
-  ONE ``Allreduce`` on a flat buffer of their dtype (the buffer API, never pickling). Each rank's
+* ``combine_gradients(arrays, extras)``: the trainable gradients summed in place over the ranks
+  with ONE ``Allreduce`` on a flat buffer of their dtype (the buffer API, never pickling),
+  the step's loss/accuracy sums and its NaN and stop flags riding in the same buffer: one
+  synchronisation a step. Each rank's
   loss is scaled by its share of the batch (``loss_weight``), so the sum is the full batch's
   mean gradient, whatever the shard sizes (as torch DDP averages equal shards);
 * ``agree_to_stop(signum)``: every rank stops at the same step when any got SIGINT/SIGTERM;
@@ -78,8 +80,11 @@ class Communicator:
         """``values`` summed over the ranks, as float64."""
         return np.array(values, dtype=np.float64)
 
-    def combine_gradients(self, arrays: list[np.ndarray]) -> None:
-        """Sum every rank's ``arrays`` (the gradients) in place."""
+    def combine_gradients(self, arrays: list[np.ndarray], extras: Sequence[float] = ()) -> np.ndarray:
+        """Sum every rank's ``arrays`` (the gradients) in place, and the few numbers
+        ``extras`` (step sums and flags) with them in the same collective; returns the summed
+        extras (float64 values of a float32 sum: exact for counts below 2**24)."""
+        return np.array(extras, dtype=np.float64)
 
     def agree_to_stop(self, signum: int | None) -> int | None:
         """The signal any rank received (the highest number), else None."""
@@ -121,9 +126,9 @@ class MPICommunicator(Communicator):
         self.comm.Allreduce(self._mpi.IN_PLACE, out, op=self._mpi.SUM)
         return out
 
-    def combine_gradients(self, arrays: list[np.ndarray]) -> None:
+    def combine_gradients(self, arrays: list[np.ndarray], extras: Sequence[float] = ()) -> np.ndarray:
         sizes = [a.size for a in arrays]
-        total = sum(sizes)
+        total = sum(sizes) + len(extras)
         dtype = np.result_type(*arrays) if arrays else np.float32  # float64 in gradcheck-style runs
         if self._buffer.size != total or self._buffer.dtype != dtype:
             self._buffer = np.empty(total, dtype)  # allocated once: the set changes only on a thaw
@@ -131,11 +136,13 @@ class MPICommunicator(Communicator):
         for a, n in zip(arrays, sizes):
             buf[offset:offset + n].reshape(a.shape)[...] = a
             offset += n
+        buf[offset:] = extras
         self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
         offset = 0
         for a, n in zip(arrays, sizes):
             a[...] = buf[offset:offset + n].reshape(a.shape)
             offset += n
+        return buf[offset:].astype(np.float64)
 
     def agree_to_stop(self, signum: int | None) -> int | None:
         flag = np.array([signum or 0], dtype=np.int64)

@@ -81,19 +81,20 @@ def worker(workload: str, steps: int) -> None:
     reduce_seconds = [0.0]
     combine = comm.combine_gradients
 
-    def timed(arrays):
+    def timed(arrays, extras=()):
         t = time.perf_counter()
-        combine(arrays)
+        out = combine(arrays, extras)
         reduce_seconds[0] += time.perf_counter() - t
+        return out
 
     comm.combine_gradients = timed
     for x, y in batches[:3]:
-        train_step(model, opt, x, y, "warm-up", comm)
+        train_step(model, opt, x, y, "warm-up", comm, global_batch)
     comm.barrier()
     reduce_seconds[0] = 0.0
     start = time.perf_counter()
     for x, y in batches[3:]:
-        train_step(model, opt, x, y, "timed", comm)
+        train_step(model, opt, x, y, "timed", comm, global_batch)
     comm.barrier()
     seconds = time.perf_counter() - start
     grads = sum(p.data.size for p in model.parameters())

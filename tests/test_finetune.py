@@ -393,10 +393,10 @@ def test_progress_reports_the_epochs_exact_running_means(tmp_path: Path, monkeyp
     real_step = run_module.train_step
 
     def recording_step(model, optimizer, x, y, *args):
-        loss_sum, correct, count = real_step(model, optimizer, x, y, *args)
+        loss_sum, correct, count, signum = real_step(model, optimizer, x, y, *args)
         assert count == len(y)  # one process: the global batch is this batch
         steps.append((loss_sum / count, correct, count))
-        return loss_sum, correct, count
+        return loss_sum, correct, count, signum
 
     monkeypatch.setattr(run_module, "train_step", recording_step)
 

@@ -6,7 +6,9 @@ Nothing here prints: progress goes to a ``Reporter`` whose methods the CLI imple
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -127,37 +129,57 @@ class EvalResult:
 
 
 def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where: str,
-               comm: Communicator = SINGLE_PROCESS) -> tuple[float, int, int]:
+               comm: Communicator = SINGLE_PROCESS, total: int | None = None,
+               should_stop: Callable[[], int | None] = lambda: None) -> tuple[float, int, int, int | None]:
     """forward, cross-entropy, backward, SGD step on this rank's shard ``x, y`` of a global
-    batch. Returns the global batch's (loss sum, correct predictions, samples).
+    batch of ``total`` samples (default: ``len(y)``, one process). Returns the global batch's
+    (loss sum, correct predictions, samples) and the stop signal any rank received
+    (``should_stop()``, read once per step), else None.
 
-    A non-finite loss on any rank stops every rank before backward and the update, so no
-    non-finite weight is ever produced from it: NumericalError naming ``where``. With several
-    ranks, each loss is weighted by its share of the batch and the gradients are summed
-    (``comm``), so the update is the one of the whole batch's mean loss.
+    A non-finite loss on any rank stops every rank before the update, so no non-finite weight
+    is ever produced from it: NumericalError naming ``where``. With several ranks, each loss is
+    weighted by its share of the batch and the gradients are summed, together with the step's
+    loss and accuracy sums and the stop flags, in ONE collective (``comm.combine_gradients``):
+    one synchronisation a step, so a rank waits for the others once.
     """
-    loss, value, correct = None, 0.0, 0
+    if comm.size == 1:  # today's order, bit for bit: the loss is checked before backward
+        logits = model(Tensor(x))
+        loss = F.cross_entropy(logits, y)
+        value = float(loss.data)
+        if not math.isfinite(value):
+            raise NumericalError(f"loss is {value} at {where}; stopped before the update (try a lower optimizer.lr)")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        correct = int((logits.data.argmax(axis=1) == y).sum())
+        return value * len(y), correct, len(y), should_stop()
+    total = len(y) if total is None else total
+    optimizer.zero_grad()
+    value, correct = 0.0, 0
     if len(y):  # a rank whose shard of a short last batch is empty only adds zeros
         logits = model(Tensor(x))
         loss = F.cross_entropy(logits, y)
         value = float(loss.data)
         correct = int((logits.data.argmax(axis=1) == y).sum())
-    loss_sum, correct, count, bad = comm.sum([value * len(y), correct, len(y), 0.0 if math.isfinite(value) else 1.0])
+        (loss * comm.loss_weight(len(y), total)).backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:  # the same buffer layout on every rank, an empty shard included
+        if p.grad is None:
+            p.grad = Tensor(np.zeros_like(p.data))
+    signum = should_stop()
+    # The flags are summed like the gradients: one slot per stop signal (SIGTERM wins over
+    # SIGINT, as agree_to_stop's maximum), one for a non-finite loss.
+    loss_sum, correct, count, bad, sigint, sigterm = comm.combine_gradients(
+        [p.grad.data for p in params],
+        [value * len(y), correct, len(y), 0.0 if math.isfinite(value) else 1.0,
+         1.0 if signum == signal.SIGINT else 0.0, 1.0 if signum not in (None, signal.SIGINT) else 0.0])
     if bad:
         raise NumericalError(f"loss is {loss_sum / count} at {where}; stopped before the update "
                              "(try a lower optimizer.lr)")
-    optimizer.zero_grad()
-    if loss is not None:
-        weight = comm.loss_weight(len(y), int(count))
-        (loss if weight == 1.0 else loss * weight).backward()
-    if comm.size > 1:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        for p in params:  # the same buffer layout on every rank, an empty shard included
-            if p.grad is None:
-                p.grad = Tensor(np.zeros_like(p.data))
-        comm.combine_gradients([p.grad.data for p in params])
     optimizer.step()
-    return float(loss_sum), int(correct), int(count)
+    agreed = (signum if signum not in (None, signal.SIGINT) else signal.SIGTERM) if sigterm else \
+        (signal.SIGINT if sigint else None)
+    return float(loss_sum), int(round(correct)), int(round(count)), agreed and int(agreed)
 
 
 def evaluate(model: nn.Module, loader, probabilities: bool = False,

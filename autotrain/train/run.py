@@ -427,17 +427,18 @@ class Trainer:
             lr = self._lr(pos["step"])
             for g in self.optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
-            self._sync_batchnorm(len(loader.batch_indices(epoch, b)))
-            loss_sum, correct, count = train_step(self.setup.model, self.optimizer, x, y,
-                                                  f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})",
-                                                  self.comm)
+            total = len(loader.batch_indices(epoch, b))
+            self._sync_batchnorm(total)
+            loss_sum, correct, count, signum = train_step(
+                self.setup.model, self.optimizer, x, y,
+                f"epoch {epoch + 1}, step {b + 1} (global step {pos['step'] + 1})", self.comm, total,
+                self.should_stop)
             self.sums.add(loss_sum, correct, count)
             loss = loss_sum / count
             pos.update(epoch=epoch, batch=b + 1, step=pos["step"] + 1)
             self.reporter.on_step(pos["step"], loss, lr)
             self.reporter.on_batch_end(epoch, b, self.sums.mean_loss, self.sums.accuracy, lr)
-            signum = self.comm.agree_to_stop(self.should_stop())
-            if signum:
+            if signum:  # agreed by every rank in the step's collective
                 self.sums.seconds += time.perf_counter() - t0
                 self._interrupt(signum)
         self.sums.seconds += time.perf_counter() - t0

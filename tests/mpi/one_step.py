@@ -42,6 +42,6 @@ for b in range(steps):
         if isinstance(m, BatchNorm2d):
             m.stats_reduce = comm.sum if sync_bn and comm.splits(n) else None
     x, y = loader.batch(0, b, comm.shard(n) if comm.size > 1 else None)
-    train_step(model, opt, x.astype(dtype), y, f"step {b + 1}", comm)
+    train_step(model, opt, x.astype(dtype), y, f"step {b + 1}", comm, n)
 if comm.is_writer:
     np.savez(out, **model.state_dict())
