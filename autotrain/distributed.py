@@ -164,7 +164,13 @@ class MPICommunicator(Communicator):
     def abort(self, code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        self.comm.Abort(code)
+        try:
+            self.comm.Abort(code)
+        finally:
+            # MPI_Abort can return: the launcher's SIGTERM, sent to every rank (this one too),
+            # may interrupt its wait for the launcher. The caller must not go on (it would
+            # print its error a second time): end here with the code.
+            os._exit(code)
 
     def describe(self) -> str:
         return f"{self.size} MPI processes"

@@ -110,9 +110,11 @@ def measure(workload: str, n: int, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def throughput(repeats: int) -> dict:
+def throughput(repeats: int, digits_steps: int, workloads: list[str]) -> dict:
     results = {}
-    for workload, steps in (("digits", 30), ("w64@64", 6)):
+    for workload, steps in (("digits", digits_steps), ("w64@64", 6)):
+        if workload not in workloads:
+            continue
         runs = {1: [], 2: []}
         for _ in range(repeats):
             for n in (1, 2):  # alternated, each its own process
@@ -152,6 +154,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps of the digits workload")
+    ap.add_argument("--only", choices=("digits", "w64@64"), help="time one workload only")
     ap.add_argument("--jobs", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -164,7 +168,8 @@ def main() -> None:
     import numpy  # noqa: F401  (so threadpool_info sees its BLAS)
     blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()]
     print("BLAS:", "; ".join(blas), "| N=1: 2 threads, N=2: 1 thread a rank")
-    report = {"blas": blas, "cores": os.cpu_count(), "unset": unset, "throughput": throughput(args.repeats)}
+    report = {"blas": blas, "cores": os.cpu_count(), "unset": unset, "throughput": throughput(
+        args.repeats, args.steps, [args.only] if args.only else ["digits", "w64@64"])}
     if args.jobs:
         work = Path("/tmp/bench_distributed")
         work.mkdir(exist_ok=True)
