@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed steps of the digits workload")
     ap.add_argument("--only", choices=("digits", "w64@64"), help="time one workload only")
     ap.add_argument("--jobs", action="store_true")
+    ap.add_argument("--job-repeats", type=int, default=3, help="runs of each main job with --jobs")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     unset = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
@@ -173,7 +174,7 @@ def main() -> None:
     if args.jobs:
         work = Path("/tmp/bench_distributed")
         work.mkdir(exist_ok=True)
-        report["jobs"] = jobs(args.repeats, work)
+        report["jobs"] = jobs(args.job_repeats, work)
         for k, v in report["jobs"].items():
             print(f"{k}: median {v['median_s']:.1f} s")
     if args.json:
