@@ -8,6 +8,7 @@ SIGTERM to mpiexec, kill -9 of one rank, NaN on one rank, a config error.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -258,3 +259,45 @@ def test_a_validation_batch_too_small_to_split_is_evaluated_by_rank_zero(mpiexec
     assert n_val % 256 in (1, 2, 3), n_val  # the case under test
     correct = meta["history"][0]["val_acc"] * n_val
     assert abs(correct - round(correct)) < 1e-6
+
+
+def test_finetune_with_a_frozen_backbone_runs_on_two_ranks(mpiexec, tmp_path) -> None:
+    """``autotrain finetune --freeze-backbone --nproc 2`` (the shipped config, 2 epochs): the
+    head trains on two ranks, the frozen convolution and BatchNorm weights end bit-identical to
+    the shipped ones (no rank's update reaches them), rank 0 alone writes the run folder."""
+    from autotrain.io import load_weights
+
+    run = tmp_path / "ft"
+    r = subprocess.run([sys.executable, "-m", "autotrain.cli", "finetune", "--freeze-backbone", "--nproc", "2",
+                        "--set", f"output.dir={run}", "--set", "train.epochs=2", "-q"],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, explain(r)
+    assert re.fullmatch(rf"finished: {re.escape(str(run))} \(best val_acc [0-9.]+, [0-9.]+ s, 2 MPI processes\)",
+                        r.stdout.strip()), explain(r)  # rank 0 alone prints
+    state = check_run_folder(run)["last.safetensors"].model_state
+    shipped = load_weights(ROOT / "weights" / "resnet18_fashion04.safetensors")
+    frozen = [k for k in state if not k.startswith("fc.") and k.rsplit(".", 1)[-1] in ("weight", "bias")]
+    assert len(frozen) == 60  # 20 convolutions, 20 BatchNorm weights and biases
+    for k in frozen:
+        assert state[k].tobytes() == shipped[k].tobytes(), k
+    assert state["fc.weight"].shape[0] == 5 and len(metrics_without_timing(run)) == 2
+
+
+def test_more_than_one_process_without_the_mpi_extra_says_how_to_install_it(tmp_path) -> None:
+    """Without mpi4py: ``--nproc 2`` and a launch by an mpiexec (its PMI_SIZE) both end with
+    exit 2 and one line naming the extra; one process trains as before."""
+    blocker = tmp_path / "no_mpi"
+    (blocker / "mpi4py").mkdir(parents=True)
+    (blocker / "mpi4py" / "__init__.py").write_text("raise ImportError('No module named mpi4py (test)')\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{blocker}:{env['PYTHONPATH']}"
+    args = [sys.executable, "-m", "autotrain.cli", *train_args(tmp_path / "run")]
+    for extra_args, extra_env in ((["--nproc", "2"], {}), ([], {"PMI_SIZE": "2", "PMI_RANK": "0"})):
+        r = subprocess.run(args + extra_args, cwd=tmp_path, env={**env, **extra_env}, capture_output=True,
+                           text=True, timeout=120)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert r.returncode == 2 and len(errors) == 1 and "pip install 'autotrain[mpi]'" in errors[0], explain(r)
+        assert not (tmp_path / "run").exists()
+    r = subprocess.run(args + ["--set", "train.epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and len(metrics_without_timing(tmp_path / "run")) == 1, explain(r)

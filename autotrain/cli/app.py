@@ -178,8 +178,9 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
         if result.history and not quiet:
             render.console.print(render.history_table(result.history), soft_wrap=False)
         best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.4f}"
+        ranks = f", {comm.describe()}" if comm.size > 1 else ""  # one process: the line as it always was
         render.console.print(f"{result.status}: {result.run_dir} (best val_acc {best}, "
-                             f"{time.perf_counter() - start:.1f} s)", markup=False)
+                             f"{time.perf_counter() - start:.1f} s{ranks})", markup=False)
     if cfg.output.report and comm.is_writer:
         _report(result.run_dir, None)
 
