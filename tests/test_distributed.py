@@ -223,7 +223,7 @@ def test_kill_9_of_one_rank_ends_the_job_and_resume_is_bit_identical(mpiexec, ru
     start = time.monotonic()
     r = launch(mpiexec, 2, train_args(run), tmp_path, faults={"rank": 1, "signal_at_step": [9, 20]}, timeout=120)
     took = time.monotonic() - start
-    assert r.returncode != 0 and took < 60, (took, explain(r))
+    assert r.returncode != 0 and took < 30, (took, explain(r))  # the whole run: the end is sooner still
     done = check_run_folder(run)  # whole files only
     assert "epoch-1.safetensors" in done and "epoch-2.safetensors" not in done
     r = launch(mpiexec, 2, train_args(run) + ["--resume", "auto"], tmp_path)
