@@ -133,26 +133,17 @@ def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where:
                should_stop: Callable[[], int | None] = lambda: None) -> tuple[float, int, int, int | None]:
     """forward, cross-entropy, backward, SGD step on this rank's shard ``x, y`` of a global
     batch of ``total`` samples (default: ``len(y)``, one process). Returns the global batch's
-    (loss sum, correct predictions, samples) and the stop signal any rank received
-    (``should_stop()``, read once per step), else None.
+    (loss sum, correct predictions, samples) and the stop signal (SIGINT or SIGTERM) any rank
+    received (``should_stop()``, read once per step), else None.
 
     A non-finite loss on any rank stops every rank before the update, so no non-finite weight
-    is ever produced from it: NumericalError naming ``where``. With several ranks, each loss is
-    weighted by its share of the batch and the gradients are summed, together with the step's
-    loss and accuracy sums and the stop flags, in ONE collective (``comm.combine_gradients``):
-    one synchronisation a step, so a rank waits for the others once.
+    is ever produced from it: NumericalError naming ``where``. Each loss is weighted by its
+    share of the batch and the gradients are summed over the ranks together with the step's
+    loss and accuracy sums and flags, in ONE collective (``comm.combine_gradients``; the
+    identity in one process): one synchronisation a step, so a rank waits for the others once.
+    A parameter that no rank gave a gradient keeps ``.grad`` None and is skipped by the
+    optimizer, as in one process.
     """
-    if comm.size == 1:  # today's order, bit for bit: the loss is checked before backward
-        logits = model(Tensor(x))
-        loss = F.cross_entropy(logits, y)
-        value = float(loss.data)
-        if not math.isfinite(value):
-            raise NumericalError(f"loss is {value} at {where}; stopped before the update (try a lower optimizer.lr)")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        correct = int((logits.data.argmax(axis=1) == y).sum())
-        return value * len(y), correct, len(y), should_stop()
     total = len(y) if total is None else total
     optimizer.zero_grad()
     value, correct = 0.0, 0
@@ -161,24 +152,28 @@ def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where:
         loss = F.cross_entropy(logits, y)
         value = float(loss.data)
         correct = int((logits.data.argmax(axis=1) == y).sum())
-        (loss * comm.loss_weight(len(y), total)).backward()
+        weight = comm.loss_weight(len(y), total)
+        (loss if weight == 1.0 else loss * weight).backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    had_grad = [0.0 if p.grad is None else 1.0 for p in params]
     for p in params:  # the same buffer layout on every rank, an empty shard included
         if p.grad is None:
             p.grad = Tensor(np.zeros_like(p.data))
     signum = should_stop()
-    # The flags are summed like the gradients: one slot per stop signal (SIGTERM wins over
-    # SIGINT, as agree_to_stop's maximum), one for a non-finite loss.
-    loss_sum, correct, count, bad, sigint, sigterm = comm.combine_gradients(
+    # Summed like the gradients: the step's sums, a non-finite flag, one slot per stop signal
+    # and one per parameter that had a gradient here.
+    loss_sum, correct, count, bad, sigint, sigterm, *graded = comm.combine_gradients(
         [p.grad.data for p in params],
         [value * len(y), correct, len(y), 0.0 if math.isfinite(value) else 1.0,
-         1.0 if signum == signal.SIGINT else 0.0, 1.0 if signum not in (None, signal.SIGINT) else 0.0])
+         float(signum == signal.SIGINT), float(signum == signal.SIGTERM), *had_grad])
     if bad:
         raise NumericalError(f"loss is {loss_sum / count} at {where}; stopped before the update "
                              "(try a lower optimizer.lr)")
+    for p, n in zip(params, graded):
+        if not n:
+            p.grad = None
     optimizer.step()
-    agreed = (signum if signum not in (None, signal.SIGINT) else signal.SIGTERM) if sigterm else \
-        (signal.SIGINT if sigint else None)
+    agreed = signal.SIGTERM if sigterm else signal.SIGINT if sigint else None  # SIGTERM wins, as agree_to_stop
     return float(loss_sum), int(round(correct)), int(round(count)), agreed and int(agreed)
 
 
