@@ -8,6 +8,7 @@ SIGTERM to mpiexec, kill -9 of one rank, NaN on one rank, a config error.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -41,7 +42,7 @@ def mpiexec() -> str:
     require("mpi4py")
     found = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
     if not Path(found).exists():
-        if __import__("os").environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("CI: mpiexec (the mpi extra's MPICH) is not installed")
         pytest.skip("no mpiexec")
     return found
@@ -290,7 +291,7 @@ def test_more_than_one_process_without_the_mpi_extra_says_how_to_install_it(tmp_
     (blocker / "mpi4py").mkdir(parents=True)
     (blocker / "mpi4py" / "__init__.py").write_text("raise ImportError('No module named mpi4py (test)')\n")
     env = cli_env()
-    env["PYTHONPATH"] = f"{blocker}:{env['PYTHONPATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), env["PYTHONPATH"]])
     args = [sys.executable, "-m", "autotrain.cli", *train_args(tmp_path / "run")]
     for extra_args, extra_env in ((["--nproc", "2"], {}), ([], {"PMI_SIZE": "2", "PMI_RANK": "0"})):
         r = subprocess.run(args + extra_args, cwd=tmp_path, env={**env, **extra_env}, capture_output=True,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import autotrain.train.run as run_module
 from autotrain.config import load_config
 from autotrain.distributed import Communicator
 from autotrain.errors import NumericalError
-from conftest import ROOT
 
 
 def test_inf_running_var_stops_before_any_checkpoint(tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_a_parameter_without_a_gradient_is_skipped_by_the_update_for_any_world_s
         return net, before, out
 
     net, before, out = run(() if ranks == "one process" else (_TwinRanks(), 12))
-    reference, _, ref_out = run(())
+    reference, _, _ = run(())
     assert net.unused.weight.grad is None and net.unused.bias.grad is None
     assert np.array_equal(net.unused.weight.data, before["unused.weight"])
     assert np.array_equal(net.unused.bias.data, before["unused.bias"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -174,7 +174,7 @@ def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where:
             p.grad = None
     optimizer.step()
     agreed = signal.SIGTERM if sigterm else signal.SIGINT if sigint else None  # SIGTERM wins, as agree_to_stop
-    return float(loss_sum), int(round(correct)), int(round(count)), agreed and int(agreed)
+    return float(loss_sum), round(correct), round(count), agreed and int(agreed)
 
 
 def evaluate(model: nn.Module, loader, probabilities: bool = False,
