@@ -20,6 +20,8 @@ Two roles:
     moment, but the process sends itself SIGKILL there, after N bytes of that file reached
     the disk: a ``kill -9`` inside a chosen write window, deterministically;
   - ``{"nan_at_step": K}``: the K-th training step's batch is NaN (a NaN loss there);
+  - ``{"dataset_error_at_step": K}``: the K-th training step raises DatasetError, as an
+    unreadable file on one host's disk would;
   - ``{"rank": R, ...}``: the other faults apply in MPI rank R only;
   - ``{"log_writes": PATH}``: after each ``os.replace`` the destination and the sha256 of its
     new content are appended to PATH (to prove a file was, or was not, rewritten).
@@ -481,6 +483,23 @@ def _install_nan_at_step(step: int) -> None:
     run.train_step = train_step
 
 
+def _install_dataset_error_at_step(step: int) -> None:
+    """Training step ``step`` (1-based, this process) raises DatasetError (exit 4)."""
+    from autotrain.errors import DatasetError
+    from autotrain.train import run
+
+    real = run.train_step
+    calls = [0]
+
+    def train_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            raise DatasetError(f"fault_helpers: batch of step {step} unreadable on this host")
+        return real(*args, **kwargs)
+
+    run.train_step = train_step
+
+
 def install_faults(spec: dict) -> None:
     """Install the faults of ``spec``; ``{"rank": R, ...}`` installs them only in MPI rank R
     (PMI_RANK or OMPI_COMM_WORLD_RANK), so one rank of a data-parallel job can fail alone."""
@@ -498,6 +517,8 @@ def install_faults(spec: dict) -> None:
             _install_enospc(value["match"], value["after"], value.get("nth", 1), value.get("errno", "ENOSPC"))
         elif key == "nan_at_step":
             _install_nan_at_step(value)
+        elif key == "dataset_error_at_step":
+            _install_dataset_error_at_step(value)
         elif key == "kill9_in_write":
             _install_enospc(value["match"], value["after"], value.get("nth", 1), None)
         elif key == "log_writes":

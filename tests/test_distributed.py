@@ -249,6 +249,18 @@ def test_a_write_error_on_rank_zero_ends_every_rank_with_its_exit_code(mpiexec, 
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.csv"]
 
 
+def test_an_error_on_another_rank_alone_is_printed_once_with_its_exit_code(mpiexec, tmp_path) -> None:
+    """Rank 1 alone meets a data error (an unreadable file on its host): it prints nothing
+    while rank 0 could report the same error, then prints its own line (rank 0 never met it)
+    and ends the job with exit 4."""
+    run = tmp_path / "run"
+    start = time.monotonic()
+    r = launch(mpiexec, 2, train_args(run), tmp_path, timeout=120, faults={"rank": 1, "dataset_error_at_step": 3})
+    assert r.returncode == 4 and time.monotonic() - start < 60, explain(r)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: fault_helpers: batch of step 3 unreadable on this host"], explain(r)
+
+
 def test_a_validation_batch_too_small_to_split_is_evaluated_by_rank_zero(mpiexec, tmp_path) -> None:
     """257 validation images: the last batch of 256-image evaluation holds 1, which rank 0
     evaluates alone (rank 1's shard is empty) and the sums still cover all 257."""

@@ -159,13 +159,14 @@ def _train(config_path: Path, overrides: list[str] | None, resume: str | None, o
                     except AutotrainError as err:
                         # An error a rank may meet alone (rank 0's writes, one host's data):
                         # the others would wait for it in their next collective, so the whole
-                        # job ends with its exit code. Rank 0 prints the one line; another rank
-                        # first gives rank 0 time to print its own, if it met the same error.
+                        # job ends with its exit code. Rank 0 prints its line at once; another
+                        # rank first gives rank 0 time to report the same error and end the
+                        # job, and prints its own if it is still running (it met it alone).
                         if comm.size > 1:
-                            if comm.is_writer:
-                                _print_error(err)
-                            else:
+                            if not comm.is_writer:
                                 time.sleep(2)
+                                render.unsilence_errors()
+                            _print_error(err)
                             comm.abort(err.exit_code)
                         raise
                     except Exception:

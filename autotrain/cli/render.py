@@ -72,6 +72,11 @@ def silence() -> None:
     err_console.quiet = True
 
 
+def unsilence_errors() -> None:
+    """Error lines print again: a rank other than 0 reports an error it met alone."""
+    err_console.quiet = False
+
+
 def _fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
