@@ -169,7 +169,7 @@ def main() -> None:
     import numpy  # noqa: F401  (so threadpool_info sees its BLAS)
     blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()]
     print("BLAS:", "; ".join(blas), "| N=1: 2 threads, N=2: 1 thread a rank")
-    report = {"blas": blas, "cores": os.cpu_count(), "unset": unset, "throughput": throughput(
+    report = {"argv": sys.argv[1:], "blas": blas, "cores": os.cpu_count(), "unset": unset, "throughput": throughput(
         args.repeats, args.steps, [args.only] if args.only else ["digits", "w64@64"])}
     if args.jobs:
         work = Path("/tmp/bench_distributed")
