@@ -7,9 +7,13 @@
 Two workloads, each timed over the same global batches with the trainer's own train_step:
 the digits main job's model and data (configs/digits.yaml: width 16, small stem, 16x16,
 batch 64) and torchvision's width-64 resnet18 at 64x64 (imagenet stem, batch 32, synthetic
-images). Each measurement is its own ``mpiexec -n N`` process (N=1 too), the two alternated,
-medians of --repeats; images/s over --steps steps after 3 warm-up steps; for N=2 also the
-share of the step spent in the gradient Allreduce (timed inside combine_gradients).
+images). Each measurement is its own ``mpiexec -n N`` process (N=1 too), alternated with the
+ceiling below, medians of --repeats with a 90 % bootstrap interval of the speed-up; images/s
+over --steps steps after 3 warm-up steps; for N=2 also the share of the step spent in
+combine_gradients (the Allreduce, its copies, and waiting for the slower rank). The ceiling:
+two processes started together without MPI, each training rank 0's or rank 1's shard on one
+BLAS thread with no gradient exchange, timed from a common start: what N=2 would give if
+communication and waiting for the other rank were free.
 
 ``--jobs`` times ``autotrain train configs/digits.yaml`` (10 epochs) with --nproc 2 and in
 one process, and benchmarks/torch_digits_job.py (the same job in torch: split, model,
@@ -51,16 +55,23 @@ def mpiexec() -> str:
 # --------------------------------------------------------------------------- worker (one rank)
 
 
-def worker(workload: str, steps: int) -> None:
+def worker(workload: str, steps: int, alone: int | None = None) -> None:
+    """One rank of a measurement; with ``alone`` (0 or 1), a process that plays that rank of
+    two with no communication at all: its shard, one BLAS thread, gradients not combined.
+    Two such processes started together give the machine's ceiling for N=2."""
     import numpy as np
 
     from autotrain import distributed, models
     from autotrain.config import load_config
+    from autotrain.memory import tune_malloc
     from autotrain.optim import SGD
     from autotrain.train.loop import train_step
     from autotrain.train.run import load_data, make_loaders
 
+    tune_malloc()  # as the CLI does for every training process
     comm = distributed.init()
+    if alone is not None:
+        comm.rank, comm.size = alone, 2  # shard and loss weight of that rank; every verb stays the identity
     if workload == "digits":
         cfg = load_config(ROOT / "configs" / "digits.yaml")
         loader, _ = make_loaders(cfg, load_data(cfg))
@@ -91,6 +102,9 @@ def worker(workload: str, steps: int) -> None:
     for x, y in batches[:3]:
         train_step(model, opt, x, y, "warm-up", comm, global_batch)
     comm.barrier()
+    if alone is not None:  # the parent starts both processes' timed steps together
+        print("ready", flush=True)
+        sys.stdin.readline()
     reduce_seconds[0] = 0.0
     start = time.perf_counter()
     for x, y in batches[3:]:
@@ -98,9 +112,25 @@ def worker(workload: str, steps: int) -> None:
     comm.barrier()
     seconds = time.perf_counter() - start
     grads = sum(p.data.size for p in model.parameters())
-    if comm.is_writer:
+    if comm.is_writer or alone is not None:
         print(json.dumps({"images_per_s": steps * global_batch / seconds, "step_ms": 1e3 * seconds / steps,
                           "allreduce_ms": 1e3 * reduce_seconds[0] / steps, "gradient_mb": grads * 4 / 1e6}))
+
+
+def measure_ceiling(workload: str, steps: int) -> dict:
+    """Two processes, each rank 0 or 1's shard on one thread, no MPI, started together:
+    images/s of the pair (global batches over the slower one's time)."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", workload, str(steps), "--alone", str(r)],
+                              env=clean_env(1), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    for p in procs:  # both loaded and warmed up ...
+        assert p.stdout.readline().strip() == "ready"
+    outs = [p.communicate("go\n")[0] for p in procs]  # ... then timed together
+    outs = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError("a ceiling process failed")
+    slower = max(outs, key=lambda o: o["step_ms"])
+    return {"images_per_s": min(o["images_per_s"] for o in outs), "step_ms": slower["step_ms"]}
 
 
 def measure(workload: str, n: int, steps: int) -> dict:
@@ -110,22 +140,38 @@ def measure(workload: str, n: int, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def speedup_interval(n1: list[float], n2: list[float], draws: int = 10000) -> tuple[float, float]:
+    """A 90 % bootstrap interval of median(n2) / median(n1): how far the machine's noise
+    moves the speed-up figure (runs resampled with replacement, each side on its own)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = np.asarray(n1), np.asarray(n2)
+    ratios = (np.median(rng.choice(b, (draws, b.size)), axis=1) / np.median(rng.choice(a, (draws, a.size)), axis=1))
+    return float(np.quantile(ratios, 0.05)), float(np.quantile(ratios, 0.95))
+
+
 def throughput(repeats: int, digits_steps: int, workloads: list[str]) -> dict:
     results = {}
     for workload, steps in (("digits", digits_steps), ("w64@64", 6)):
         if workload not in workloads:
             continue
-        runs = {1: [], 2: []}
+        runs = {1: [], 2: [], "ceiling": []}
         for _ in range(repeats):
-            for n in (1, 2):  # alternated, each its own process
-                runs[n].append(measure(workload, n, steps))
+            for n in (1, 2, "ceiling"):  # alternated, each its own process(es)
+                runs[n].append(measure_ceiling(workload, steps) if n == "ceiling" else measure(workload, n, steps))
         med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
+        low, high = speedup_interval([r["images_per_s"] for r in runs[1]], [r["images_per_s"] for r in runs[2]])
+        ceiling = med["ceiling"]["images_per_s"] / med[1]["images_per_s"]
         results[workload] = {"n1": med[1], "n2": med[2], "speedup": med[2]["images_per_s"] / med[1]["images_per_s"],
+                             "speedup_90": [low, high], "ceiling": med["ceiling"], "ceiling_speedup": ceiling,
                              "allreduce_share": med[2]["allreduce_ms"] / med[2]["step_ms"], "raw": runs}
         print(f"{workload}: N=1 {med[1]['images_per_s']:.0f} img/s, N=2 {med[2]['images_per_s']:.0f} img/s "
-              f"({results[workload]['speedup']:.2f}x); allreduce {med[2]['allreduce_ms']:.2f} ms of "
-              f"{med[2]['step_ms']:.1f} ms ({100 * results[workload]['allreduce_share']:.1f} %); "
-              f"gradients {med[2]['gradient_mb']:.1f} MB", flush=True)
+              f"({results[workload]['speedup']:.2f}x, 90 % interval {low:.2f}-{high:.2f}); allreduce "
+              f"{med[2]['allreduce_ms']:.2f} ms of {med[2]['step_ms']:.1f} ms "
+              f"({100 * results[workload]['allreduce_share']:.1f} %); gradients {med[2]['gradient_mb']:.1f} MB; "
+              f"ceiling (2 processes, no communication) {med['ceiling']['images_per_s']:.0f} img/s ({ceiling:.2f}x)",
+              flush=True)
     return results
 
 
@@ -150,7 +196,7 @@ def jobs(repeats: int, work: Path) -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
-        worker(sys.argv[2], int(sys.argv[3]))
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[5]) if sys.argv[4:5] == ["--alone"] else None)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -164,9 +210,8 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           + (f"unset {', '.join(unset)} for the measured processes" if unset else
              "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE not set"))
-    from threadpoolctl import threadpool_info
-
     import numpy  # noqa: F401  (so threadpool_info sees its BLAS)
+    from threadpoolctl import threadpool_info
     blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()]
     print("BLAS:", "; ".join(blas), "| N=1: 2 threads, N=2: 1 thread a rank")
     report = {"argv": sys.argv[1:], "blas": blas, "cores": os.cpu_count(), "unset": unset, "throughput": throughput(
