@@ -8,10 +8,11 @@ every global batch, and they agree through this module only:
   2N rows goes whole to rank 0);
 * ``sum(values)``: a few float64 numbers (loss and accuracy sums, a non-finite flag, BatchNorm
   statistics) summed over the ranks;
-* ``combine_gradients(arrays, extras)``: the trainable gradients summed in place over the ranks
-  with ONE ``Allreduce`` on a flat buffer of their dtype (the buffer API, never pickling),
+* ``combine_gradients(arrays, extras)``: the trainable gradients summed over the ranks with
+  ONE in-place ``Allreduce`` on a flat buffer of their dtype (the buffer API, never pickling),
   the step's loss/accuracy sums and its NaN and stop flags riding in the same buffer: one
-  synchronisation a step. Each rank's
+  synchronisation a step. The sums come back as views of that buffer (torch DDP's
+  ``gradient_as_bucket_view``: no copy back). Each rank's
   loss is scaled by its share of the batch (``loss_weight``), so the sum is the full batch's
   mean gradient, whatever the shard sizes (as torch DDP averages equal shards);
 * ``agree_to_stop(signum)``: every rank stops at the same step when any got SIGINT/SIGTERM;
@@ -32,7 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -80,11 +81,15 @@ class Communicator:
         """``values`` summed over the ranks, as float64."""
         return np.array(values, dtype=np.float64)
 
-    def combine_gradients(self, arrays: list[np.ndarray], extras: Sequence[float] = ()) -> np.ndarray:
-        """Sum every rank's ``arrays`` (the gradients) in place, and the few numbers
-        ``extras`` (step sums and flags) with them in the same collective; returns the summed
-        extras (float64 values of a float32 sum: exact for counts below 2**24)."""
-        return np.array(extras, dtype=np.float64)
+    def combine_gradients(self, arrays: list[np.ndarray], extras: Sequence[float] = ()
+                          ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Sum every rank's ``arrays`` (the gradients), and the few numbers ``extras`` (step
+        sums and flags) with them in the same collective. Returns the summed arrays, each
+        laid out like its input (under MPI: views of the communicator's buffer, valid until
+        the next call, or the input itself summed in place), and the summed extras (float64
+        values of a float32 sum: exact for counts below 2**24). One process: ``arrays`` as
+        they are."""
+        return list(arrays), np.array(extras, dtype=np.float64)
 
     def agree_to_stop(self, signum: int | None) -> int | None:
         """The signal any rank received (the highest number), else None."""
@@ -126,23 +131,35 @@ class MPICommunicator(Communicator):
         self.comm.Allreduce(self._mpi.IN_PLACE, out, op=self._mpi.SUM)
         return out
 
-    def combine_gradients(self, arrays: list[np.ndarray], extras: Sequence[float] = ()) -> np.ndarray:
+    def combine_gradients(self, arrays: list[np.ndarray], extras: Sequence[float] = ()
+                          ) -> tuple[list[np.ndarray], np.ndarray]:
         sizes = [a.size for a in arrays]
         total = sum(sizes) + len(extras)
         dtype = np.result_type(*arrays) if arrays else np.float32  # float64 in gradcheck-style runs
         if self._buffer.size != total or self._buffer.dtype != dtype:
             self._buffer = np.empty(total, dtype)  # allocated once: the set changes only on a thaw
-        buf, offset = self._buffer, 0
+        buf, offset, segments = self._buffer, 0, []
         for a, n in zip(arrays, sizes):
-            buf[offset:offset + n].reshape(a.shape)[...] = a
+            # Each gradient goes in in its own memory order (conv weights are channels-last), a
+            # plain block copy, and comes back as a view of the buffer with the same strides.
+            order = _memory_order(a)
+            seg = buf[offset:offset + n]
+            if order is None:  # not one dense block: copied in logical order, and back after
+                seg.reshape(a.shape)[...] = a
+            else:
+                seg.reshape([a.shape[i] for i in order])[...] = a.transpose(order)
+            segments.append((seg, order))
             offset += n
         buf[offset:] = extras
         self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
-        offset = 0
-        for a, n in zip(arrays, sizes):
-            a[...] = buf[offset:offset + n].reshape(a.shape)
-            offset += n
-        return buf[offset:].astype(np.float64)
+        summed = []
+        for a, (seg, order) in zip(arrays, segments):
+            if order is None:
+                a[...] = seg.reshape(a.shape)
+                summed.append(a)
+            else:
+                summed.append(seg.reshape([a.shape[i] for i in order]).transpose(np.argsort(order)))
+        return summed, buf[offset:].astype(np.float64)
 
     def agree_to_stop(self, signum: int | None) -> int | None:
         flag = np.array([signum or 0], dtype=np.int64)
@@ -174,6 +191,21 @@ class MPICommunicator(Communicator):
 
     def describe(self) -> str:
         return f"{self.size} MPI processes"
+
+
+_ORDERS: dict = {}
+
+
+def _memory_order(a: np.ndarray) -> tuple[int, ...] | None:
+    """The axis order in which ``a`` is one C-contiguous block (``a.transpose(order)`` is),
+    or None when ``a`` is not one dense block. Cached per (shape, strides): the same few
+    gradient layouts come every step."""
+    key = (a.shape, a.strides)
+    if key not in _ORDERS:
+        order = (tuple(range(a.ndim)) if a.flags.c_contiguous
+                 else tuple(int(i) for i in np.argsort(a.strides, kind="stable")[::-1]))
+        _ORDERS[key] = order if a.transpose(order).flags.c_contiguous else None
+    return _ORDERS[key]
 
 
 def launched_size() -> int:

@@ -166,16 +166,18 @@ def train_step(model: nn.Module, optimizer, x: np.ndarray, y: np.ndarray, where:
     signum = should_stop()
     # Summed like the gradients: the step's sums, a non-finite flag, one slot per stop signal
     # and one per parameter that had a gradient here.
-    loss_sum, correct, count, bad, sigint, sigterm, *graded = comm.combine_gradients(
+    summed, (loss_sum, correct, count, bad, sigint, sigterm, *graded) = comm.combine_gradients(
         [p.grad.data for p in params],
         [value * len(y), correct, len(y), 0.0 if math.isfinite(value) else 1.0,
          float(signum == signal.SIGINT), float(signum == signal.SIGTERM), *had_grad])
     if bad:
         raise NumericalError(f"loss is {loss_sum / count} at {where}; stopped before the update "
                              "(try a lower optimizer.lr)")
-    for p, n in zip(params, graded):
+    for p, g, n in zip(params, summed, graded):
         if not n:
             p.grad = None
+        elif g is not p.grad.data:  # several ranks: the sum is a view of the communicator's buffer
+            p.grad = Tensor(g)
     optimizer.step()
     agreed = signal.SIGTERM if sigterm else signal.SIGINT if sigint else None  # SIGTERM wins, as agree_to_stop
     return float(loss_sum), round(correct), round(count), agreed and int(agreed)
