@@ -90,12 +90,14 @@ def worker(workload: str, steps: int, alone: int | None = None) -> None:
     model.train()
     opt = SGD(list(model.parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4)
     reduce_seconds = [0.0]
+    spans: list[tuple[float, float]] = []  # each step's combine: entered, left
     combine = comm.combine_gradients
 
     def timed(arrays, extras=()):
         t = time.perf_counter()
         out = combine(arrays, extras)
-        reduce_seconds[0] += time.perf_counter() - t
+        spans.append((t, time.perf_counter()))
+        reduce_seconds[0] += spans[-1][1] - t
         return out
 
     comm.combine_gradients = timed
@@ -106,15 +108,35 @@ def worker(workload: str, steps: int, alone: int | None = None) -> None:
         print("ready", flush=True)
         sys.stdin.readline()
     reduce_seconds[0] = 0.0
+    spans.clear()
     start = time.perf_counter()
     for x, y in batches[3:]:
         train_step(model, opt, x, y, "timed", comm, global_batch)
     comm.barrier()
     seconds = time.perf_counter() - start
     grads = sum(p.data.size for p in model.parameters())
+    report = {"images_per_s": steps * global_batch / seconds, "step_ms": 1e3 * seconds / steps,
+              "allreduce_ms": 1e3 * reduce_seconds[0] / steps, "gradient_mb": grads * 4 / 1e6}
+    if comm.size > 1 and alone is None:
+        report.update(rank_balance(comm, np.array(spans)))
     if comm.is_writer or alone is not None:
-        print(json.dumps({"images_per_s": steps * global_batch / seconds, "step_ms": 1e3 * seconds / steps,
-                          "allreduce_ms": 1e3 * reduce_seconds[0] / steps, "gradient_mb": grads * 4 / 1e6}))
+        print(json.dumps(report))
+
+
+def rank_balance(comm, spans) -> dict:
+    """Split an N=2 step's combine time into cost and waiting: each rank's compute between
+    two combines, and the combine of whichever rank arrived last (it waits for no one).
+    Clocks are comparable: one host, CLOCK_MONOTONIC."""
+    import numpy as np
+
+    both = comm.comm.allgather(spans)
+    compute = [s[1:, 0] - s[:-1, 1] for s in both]
+    late = np.argmax([s[1:, 0] for s in both], axis=0)
+    late_combine = np.choose(late, [s[1:, 1] - s[1:, 0] for s in both])
+    gap = np.abs(compute[0] - compute[1])
+    return {"rank0_compute_ms": 1e3 * float(np.median(compute[0])), "rank1_compute_ms": 1e3 * float(np.median(compute[1])),
+            "rank_gap_ms": 1e3 * float(np.median(gap)), "rank_gap_p90_ms": 1e3 * float(np.quantile(gap, 0.9)),
+            "combine_late_ms": 1e3 * float(np.median(late_combine))}
 
 
 def measure_ceiling(workload: str, steps: int) -> dict:
@@ -172,6 +194,9 @@ def throughput(repeats: int, digits_steps: int, workloads: list[str]) -> dict:
               f"({100 * results[workload]['allreduce_share']:.1f} %); gradients {med[2]['gradient_mb']:.1f} MB; "
               f"ceiling (2 processes, no communication) {med['ceiling']['images_per_s']:.0f} img/s ({ceiling:.2f}x)",
               flush=True)
+        print(f"  N=2 step: compute rank 0 {med[2]['rank0_compute_ms']:.1f} ms, rank 1 {med[2]['rank1_compute_ms']:.1f} "
+              f"ms; per step the ranks' compute differs by {med[2]['rank_gap_ms']:.1f} ms (median; 90th percentile "
+              f"{med[2]['rank_gap_p90_ms']:.1f}); the last rank's combine {med[2]['combine_late_ms']:.2f} ms", flush=True)
     return results
 
 
