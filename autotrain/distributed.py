@@ -154,11 +154,12 @@ class MPICommunicator(Communicator):
         self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
         summed = []
         for a, (seg, order) in zip(arrays, segments):
-            if order is None:
-                a[...] = seg.reshape(a.shape)
-                summed.append(a)
-            else:
-                summed.append(seg.reshape([a.shape[i] for i in order]).transpose(np.argsort(order)))
+            view = seg.reshape(a.shape) if order is None else (
+                seg.reshape([a.shape[i] for i in order]).transpose(np.argsort(order)))
+            if order is None or a.dtype != dtype:  # a view would not be laid out (or typed) like a
+                a[...] = view
+                view = a
+            summed.append(view)
         return summed, buf[offset:].astype(np.float64)
 
     def agree_to_stop(self, signum: int | None) -> int | None:

@@ -316,18 +316,22 @@ def test_more_than_one_process_without_the_mpi_extra_says_how_to_install_it(tmp_
     assert r.returncode == 0 and len(metrics_without_timing(tmp_path / "run")) == 1, explain(r)
 
 
-def test_combined_gradients_come_back_as_views_of_the_buffer_in_each_gradients_memory_order(mpiexec, tmp_path) -> None:
+@pytest.mark.parametrize("mixed", [False, True], ids=["float32", "float32 and float64"])
+def test_combined_gradients_come_back_as_views_of_the_buffer_in_each_gradients_memory_order(
+        mpiexec, tmp_path, mixed) -> None:
     """The sums of dense gradients are views of the Allreduce buffer with the strides the
     gradient had (so SGD walks gradient and parameter in the same order; no copy back); a
-    gradient that is not one dense block is summed into itself; extras are summed too."""
+    gradient that is not one dense block, or whose dtype is not the buffer's (a float64 one
+    among float32: the buffer is float64), is summed into itself; extras are summed too."""
     import json
 
-    out = subprocess.run([mpiexec, "-n", "2", sys.executable, str(ROOT / "tests" / "mpi" / "combine.py")],
-                         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    cmd = [mpiexec, "-n", "2", sys.executable, str(ROOT / "tests" / "mpi" / "combine.py")] + (["--mixed"] if mixed else [])
+    out = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["extras"] == [3.0, 4.0]
     assert report["values"] == [True] * 4
     assert report["same_strides"] == [True] * 4
-    assert report["views_of_buffer"] == [True, True, True, False]
+    assert report["views_of_buffer"] == ([False, False, False, False, True] if mixed else [True, True, True, False])
     assert report["strided_is_input"] is True
+    assert all(report["dtypes_kept"])
