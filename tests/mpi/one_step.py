@@ -4,7 +4,8 @@
 
 Builds the tiny config's model and data, takes the first STEPS global batches of epoch 0,
 runs the trainer's own train_step on this rank's shard of each (the communicator of
-autotrain.distributed), and rank 0 writes every parameter and buffer to OUT.npz. DTYPE
+autotrain.distributed), and rank 0 writes every parameter and buffer to OUT.npz (and after
+each earlier step K to OUT-stepK.npz). DTYPE
 float64 casts the model and batches to float64 (the engine runs either).
 """
 
@@ -43,5 +44,7 @@ for b in range(steps):
             m.stats_reduce = comm.sum if sync_bn and comm.splits(n) else None
     x, y = loader.batch(0, b, comm.shard(n) if comm.size > 1 else None)
     train_step(model, opt, x.astype(dtype), y, f"step {b + 1}", comm, n)
+    if comm.is_writer and b + 1 < steps:  # the state after each earlier step too: OUT-stepK.npz
+        np.savez(out.replace(".npz", f"-step{b + 1}.npz"), **model.state_dict())
 if comm.is_writer:
     np.savez(out, **model.state_dict())
