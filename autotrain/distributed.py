@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .layout import flat_view, view_like
 
 INSTALL_HINT = "pip install 'autotrain[mpi]' (mpi4py and MPICH's mpiexec)"
 # What launchers set in each rank's environment: MPICH/Hydra (PMI_*), Open MPI, Slurm/PMIx.
@@ -138,28 +139,30 @@ class MPICommunicator(Communicator):
         dtype = np.result_type(*arrays) if arrays else np.float32  # float64 in gradcheck-style runs
         if self._buffer.size != total or self._buffer.dtype != dtype:
             self._buffer = np.empty(total, dtype)  # allocated once: the set changes only on a thaw
-        buf, offset, segments = self._buffer, 0, []
+        buf, offset, blocks = self._buffer, 0, []
         for a, n in zip(arrays, sizes):
-            # Each gradient goes in in its own memory order (conv weights are channels-last), a
-            # plain block copy, and comes back as a view of the buffer with the same strides.
-            order = _memory_order(a)
-            seg = buf[offset:offset + n]
-            if order is None:  # not one dense block: copied in logical order, and back after
-                seg.reshape(a.shape)[...] = a
+            # Each gradient goes in in its own memory order (conv weights are channels-last): a
+            # plain block copy, and it comes back as a view of the buffer with its own strides.
+            block, flat = buf[offset:offset + n], flat_view(a)
+            if flat is None:  # not one dense block: copied in logical order, and back after
+                block.reshape(a.shape)[...] = a
             else:
-                seg.reshape([a.shape[i] for i in order])[...] = a.transpose(order)
-            segments.append((seg, order))
+                block[...] = flat
+            blocks.append((block, flat))
             offset += n
         buf[offset:] = extras
         self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
         summed = []
-        for a, (seg, order) in zip(arrays, segments):
-            view = seg.reshape(a.shape) if order is None else (
-                seg.reshape([a.shape[i] for i in order]).transpose(np.argsort(order)))
-            if order is None or a.dtype != dtype:  # a view would not be laid out (or typed) like a
-                a[...] = view
-                view = a
-            summed.append(view)
+        for a, (block, flat) in zip(arrays, blocks):
+            if flat is not None and a.dtype == dtype:
+                summed.append(view_like(block, a))
+                continue
+            # A view would not be laid out (or typed) like ``a``: copy back into it.
+            if flat is None:
+                a[...] = block.reshape(a.shape)
+            else:
+                flat[...] = block
+            summed.append(a)
         return summed, buf[offset:].astype(np.float64)
 
     def agree_to_stop(self, signum: int | None) -> int | None:
@@ -192,21 +195,6 @@ class MPICommunicator(Communicator):
 
     def describe(self) -> str:
         return f"{self.size} MPI processes"
-
-
-_ORDERS: dict = {}
-
-
-def _memory_order(a: np.ndarray) -> tuple[int, ...] | None:
-    """The axis order in which ``a`` is one C-contiguous block (``a.transpose(order)`` is),
-    or None when ``a`` is not one dense block. Cached per (shape, strides): the same few
-    gradient layouts come every step."""
-    key = (a.shape, a.strides)
-    if key not in _ORDERS:
-        order = (tuple(range(a.ndim)) if a.flags.c_contiguous
-                 else tuple(int(i) for i in np.argsort(a.strides, kind="stable")[::-1]))
-        _ORDERS[key] = order if a.transpose(order).flags.c_contiguous else None
-    return _ORDERS[key]
 
 
 def launched_size() -> int:

@@ -429,7 +429,7 @@ def test_sgd_with_momentum_or_weight_decay_of_exactly_one(momentum, weight_decay
 
 
 def test_sgd_flat_view_follows_memory_order_and_refuses_gaps():
-    from autotrain.optim.sgd import _flat
+    from autotrain.layout import flat_view as _flat
 
     nhwc = np.arange(24.0).reshape(2, 2, 3, 2)  # memory order
     nchw = nhwc.transpose(0, 3, 1, 2)  # channels-last, seen as NCHW

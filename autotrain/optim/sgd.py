@@ -8,19 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..autograd.tensor import Tensor, zero_grads
+from ..layout import flat_view
 
 CHUNK = 65536  # elements per block: p, grad, momentum and a temporary stay in a core's L2 (measured)
 PARALLEL_MIN = 1 << 20  # below this many elements, threads cost more than they save
 MAX_THREADS = 8
-
-
-def _flat(a: np.ndarray) -> np.ndarray | None:
-    """A 1-D view of ``a`` in memory order, or None when ``a`` is not one dense block."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1)
-    order = np.argsort(a.strides, kind="stable")[::-1]
-    v = a.transpose(order)
-    return v.reshape(-1) if v.flags.c_contiguous else None
 
 
 class SGD:
@@ -107,7 +99,7 @@ class SGD:
             if first:
                 buf = self.state[i]["momentum_buffer"] = np.empty_like(p.data)  # same memory order as p
             arrays = [p.data, p.grad.data] + ([buf] if buf is not None else [])
-            views = [_flat(a) for a in arrays]
+            views = [flat_view(a) for a in arrays]
             if any(v is None for v in views) or any(a.strides != p.data.strides for a in arrays):
                 views, blocks = arrays, [Ellipsis]  # memory orders differ: one whole-array block
             else:
