@@ -465,10 +465,9 @@ def _install_log_writes(log: str) -> None:
     os.replace = replace
 
 
-def _install_nan_at_step(step: int) -> None:
-    """The batch of training step ``step`` (1-based, this process) becomes NaN: its loss is NaN."""
-    import numpy as np
-
+def _at_training_step(step: int, change) -> None:
+    """Training step ``step`` (1-based, this process) first goes through ``change(x)``, which
+    returns the batch it computes on, or raises."""
     from autotrain.train import run
 
     real = run.train_step
@@ -477,27 +476,27 @@ def _install_nan_at_step(step: int) -> None:
     def train_step(model, optimizer, x, y, *args, **kwargs):
         calls[0] += 1
         if calls[0] == step:
-            x = np.full_like(x, np.nan)
+            x = change(x)
         return real(model, optimizer, x, y, *args, **kwargs)
 
     run.train_step = train_step
 
 
+def _install_nan_at_step(step: int) -> None:
+    """The batch of training step ``step`` becomes NaN: its loss is NaN."""
+    import numpy as np
+
+    _at_training_step(step, lambda x: np.full_like(x, np.nan))
+
+
 def _install_dataset_error_at_step(step: int) -> None:
-    """Training step ``step`` (1-based, this process) raises DatasetError (exit 4)."""
+    """Training step ``step`` raises DatasetError (exit 4), as an unreadable file would."""
     from autotrain.errors import DatasetError
-    from autotrain.train import run
 
-    real = run.train_step
-    calls = [0]
+    def unreadable(x):
+        raise DatasetError(f"fault_helpers: batch of step {step} unreadable on this host")
 
-    def train_step(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == step:
-            raise DatasetError(f"fault_helpers: batch of step {step} unreadable on this host")
-        return real(*args, **kwargs)
-
-    run.train_step = train_step
+    _at_training_step(step, unreadable)
 
 
 def install_faults(spec: dict) -> None:
