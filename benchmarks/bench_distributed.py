@@ -40,8 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+_FORCED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # as in bench_resnet.py
+
+
 def clean_env(threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = {k: v for k, v in os.environ.items() if k not in _FORCED}
     env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=str(ROOT))
     return env
@@ -231,7 +234,7 @@ def main() -> None:
     ap.add_argument("--job-repeats", type=int, default=3, help="runs of each main job with --jobs")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    unset = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
+    unset = [k for k in _FORCED if k in os.environ]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           + (f"unset {', '.join(unset)} for the measured processes" if unset else
              "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE not set"))
